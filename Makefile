@@ -1,0 +1,46 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CVM    := $(VENV)/bin/cvm
+DEMO_CUSTOMERS ?= 5000
+
+.PHONY: demo test test-fast lab install install-test demo-data clean help
+
+help:
+	@echo "make demo   - set up, generate the demo retailer, run the whole playbook headless, print the reports"
+	@echo "make test   - set up with test extras and run the whole test suite"
+	@echo "make lab    - open JupyterLab on the project's kernel (demo data generated first)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+data/demo/truth/truth.json: $(VENV)/.installed lib/cvm/demo.py
+	$(CVM) demo --customers $(DEMO_CUSTOMERS) --out data/demo --seed 42
+
+demo-data: data/demo/truth/truth.json
+
+demo: demo-data
+	$(CVM) run --config configs/demo.yaml
+
+test: install-test
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+test-fast: install-test
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not real and not notebook"
+
+lab: demo-data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf output data/demo

@@ -1,0 +1,147 @@
+"""The run configuration: one YAML file says where the client's data is and how to read it.
+
+Every key is documented in the README ("Configuration"). Paths in the file are relative to the file itself.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from cvm.contract import TABLES
+from cvm.errors import InputError
+
+STEPS = ("data", "knowledge", "personalisation", "monitoring")
+TOP_KEYS = {"name", "as_of", "output_dir", "seed", "sources", "steps", "params", "offers", "contact_policy"}
+SOURCE_KEYS = {"path", "columns", "read", "values", "constants", "cancellation_prefix", "control_arm",
+               "outcomes", "primary_outcome"}
+READ_KEYS = {"sep", "encoding", "decimal", "thousands", "date_format", "sheet", "skiprows", "header"}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How to read one contract table from the client's file."""
+
+    table: str
+    path: Path
+    columns: dict[str, str] = field(default_factory=dict)
+    read: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+    cancellation_prefix: str | None = None
+    control_arm: str | None = None
+    outcomes: list[str] = field(default_factory=list)
+    primary_outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: name, analysis date, where outputs go, the sources, the steps and their parameters."""
+
+    name: str
+    as_of: date
+    output_dir: Path
+    sources: dict[str, SourceConfig]
+    steps: tuple[str, ...] = STEPS
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 42
+    offers: Path | None = None
+    contact_policy: Path | None = None
+    path: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as plain data, for the manifest."""
+        return {
+            "name": self.name, "as_of": self.as_of.isoformat(), "output_dir": str(self.output_dir),
+            "seed": self.seed, "steps": list(self.steps), "params": self.params,
+            "offers": str(self.offers) if self.offers else None,
+            "contact_policy": str(self.contact_policy) if self.contact_policy else None,
+            "sources": {t: {"path": str(s.path), "columns": s.columns, "read": s.read, "values": s.values,
+                            "constants": s.constants, "cancellation_prefix": s.cancellation_prefix,
+                            "control_arm": s.control_arm, "outcomes": s.outcomes,
+                            "primary_outcome": s.primary_outcome}
+                        for t, s in self.sources.items()},
+        }
+
+
+def _unknown(keys: set[str], allowed: set[str], where: str, file: Path) -> None:
+    for key in sorted(keys - allowed):
+        hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+        tip = f" Did you mean '{hint[0]}'?" if hint else f" Allowed: {', '.join(sorted(allowed))}."
+        raise InputError(f"{file}: unknown key '{key}' in {where}.{tip}")
+
+
+def parse_date(value: Any, what: str) -> date:
+    """A date from YAML (already a date) or text; a clear error otherwise."""
+    if isinstance(value, date):
+        return value
+    try:
+        return pd.Timestamp(str(value)).date()
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{what}: '{value}' is not a date; write it as YYYY-MM-DD.") from exc
+
+
+def load_config(path: str | Path, as_of: str | None = None, steps: list[str] | None = None) -> RunConfig:
+    """Read and check a run configuration; `as_of` and `steps` override the file's values."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InputError(f"configuration file not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: the configuration must be a mapping of keys to values.")
+    _unknown(set(raw), TOP_KEYS, "the top level", path)
+    for key in ("name", "as_of", "sources"):
+        if key not in raw:
+            raise InputError(f"{path}: the key '{key}' is required.")
+    base = path.parent
+    sources: dict[str, SourceConfig] = {}
+    for table, spec in (raw["sources"] or {}).items():
+        if table not in TABLES:
+            hint = difflib.get_close_matches(table, list(TABLES), n=1)
+            raise InputError(f"{path}: unknown source table '{table}'"
+                             + (f"; did you mean '{hint[0]}'?" if hint else f"; tables are {', '.join(TABLES)}."))
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise InputError(f"{path}: sources.{table} needs a 'path'.")
+        _unknown(set(spec), SOURCE_KEYS, f"sources.{table}", path)
+        _unknown(set(spec.get("read") or {}), READ_KEYS, f"sources.{table}.read", path)
+        names = TABLES[table].names
+        for contract_name in spec.get("columns") or {}:
+            if contract_name not in names and not TABLES[table].keep_extra:
+                hint = difflib.get_close_matches(contract_name, names, n=1)
+                raise InputError(f"{path}: sources.{table}.columns maps '{contract_name}', which is not a column of "
+                                 f"the {table} contract" + (f"; did you mean '{hint[0]}'?" if hint else "."))
+        sources[table] = SourceConfig(
+            table=table,
+            path=(base / spec["path"]).resolve(),
+            columns={str(k): str(v) for k, v in (spec.get("columns") or {}).items()},
+            read=dict(spec.get("read") or {}),
+            values={str(k): dict(v) for k, v in (spec.get("values") or {}).items()},
+            constants=dict(spec.get("constants") or {}),
+            cancellation_prefix=spec.get("cancellation_prefix"),
+            control_arm=None if spec.get("control_arm") is None else str(spec["control_arm"]),
+            outcomes=list(spec.get("outcomes") or []),
+            primary_outcome=spec.get("primary_outcome"),
+        )
+    chosen = tuple(steps or raw.get("steps") or STEPS)
+    for step in chosen:
+        if step not in STEPS:
+            raise InputError(f"{path}: unknown step '{step}'; steps are {', '.join(STEPS)}.")
+    params = raw.get("params") or {}
+    _unknown(set(params), set(STEPS), "params", path)
+    return RunConfig(
+        name=str(raw["name"]),
+        as_of=parse_date(as_of or raw["as_of"], f"{path}: as_of"),
+        output_dir=(base / raw.get("output_dir", "../output")).resolve(),
+        sources=sources,
+        steps=chosen,
+        params={k: dict(v or {}) for k, v in params.items()},
+        seed=int(raw.get("seed", 42)),
+        offers=(base / raw["offers"]).resolve() if raw.get("offers") else None,
+        contact_policy=(base / raw["contact_policy"]).resolve() if raw.get("contact_policy") else None,
+        path=path,
+    )

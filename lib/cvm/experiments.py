@@ -1,0 +1,846 @@
+"""Campaign measurement: did each campaign create extra value against its randomised control group, and what next?
+
+Everything works on a `contacts` frame (see `cvm.contract.CONTACTS`): one row per customer and campaign, a `group`
+column (treatment|control), an `arm` column for the offer or creative, binary and numeric outcome columns. Several
+treated arms may share one control group: a treated cell is compared with the control rows that match it on
+`control_match` (by default every `by` column except the arm).
+
+Methods, in one line each:
+- conversion lift: Newcomb hybrid-score interval for the difference, log interval (0.5 added to the counts) for the
+  ratio, Miettinen-Nurminen score test (statsmodels), Holm adjustment across arms;
+- revenue per customer: Welch interval and a seeded percentile bootstrap that resamples zeros and buyers exactly
+  (a resample of n values with k buyers has Binomial(n, k/n) buyers), optional CUPED on a pre-period covariate;
+- sequential weekly looks: Lan-DeMets alpha spending with the O'Brien-Fleming-type function;
+- shrunk feedback for next time: beta-binomial empirical Bayes per campaign type (method of moments).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from scipy import optimize, stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_effectsize,
+    test_proportions_2indep,
+)
+
+from cvm.errors import InputError
+
+RULES_PATH = Path(__file__).parent / "rules" / "recommendations.yaml"
+#: rows per chunk of bootstrap draws (bounds the memory of one chunk to about 32 MB)
+_BOOT_CHUNK = 4_000_000
+#: grid points per stage of the Lan-DeMets recursive integration
+_GRID = 801
+
+
+def load_rules(path: str | Path | None = None) -> dict[str, Any]:
+    """The decision rules (default: `lib/cvm/rules/recommendations.yaml`)."""
+    file = Path(path) if path else RULES_PATH
+    rules = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    missing = {"decision_metrics", "srm_p_value_below", "smd_flag_above", "mde_rel", "alpha", "power",
+               "messages"} - set(rules)
+    if missing:
+        raise InputError(f"{file}: missing keys {sorted(missing)}; copy them from {RULES_PATH}.")
+    return rules
+
+
+# ----------------------------------------------------------------------------------------------------------- checks
+
+def _need_columns(frame: pd.DataFrame, columns: Sequence[str], table: str = "contacts") -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{table}: column(s) {missing} not found ({len(frame):,} rows; columns are "
+                         f"{list(frame.columns)}). Map them in the configuration or pass the right column names.")
+
+
+def _binary(frame: pd.DataFrame, col: str) -> np.ndarray:
+    values = frame[col]
+    if pd.api.types.is_bool_dtype(values) and not values.isna().any():
+        return values.to_numpy(dtype=float)
+    num = pd.to_numeric(values, errors="coerce")
+    bad = num.isna() | ~num.isin([0, 1])
+    if bad.any():
+        raise InputError(f"contacts: column '{col}' must be 0/1 or true/false; {int(bad.sum()):,} of {len(frame):,} "
+                         f"rows are not (e.g. {values[bad].iloc[0]!r}). Fill missing outcomes with 0.")
+    return num.to_numpy(dtype=float)
+
+
+def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
+    num = pd.to_numeric(frame[col], errors="coerce")
+    bad = num.isna()
+    if bad.any():
+        raise InputError(f"contacts: column '{col}' must be numeric; {int(bad.sum()):,} of {len(frame):,} rows are "
+                         f"empty or not numbers. Use 0 for customers who did not buy.")
+    return num.to_numpy(dtype=float)
+
+
+def _groups(frame: pd.DataFrame, group_col: str, treatment: str, control: str) -> pd.Series:
+    _need_columns(frame, [group_col])
+    groups = frame[group_col].astype("string")
+    bad = ~groups.isin([treatment, control])
+    if bad.any():
+        raise InputError(f"contacts: column '{group_col}' must be '{treatment}' or '{control}'; {int(bad.sum()):,} "
+                         f"rows are not (e.g. {groups[bad].iloc[0]!r}). Map the values in the configuration.")
+    return groups
+
+
+# ------------------------------------------------------------------------------------------- vectorised primitives
+
+def proportion_diff_ci(count_t: Any, n_t: Any, count_c: Any, n_c: Any, alpha: float = 0.05,
+                       method: Literal["newcomb", "wald", "agresti-caffo"] = "newcomb"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Interval for rate_t - rate_c, vectorised over arrays of experiments (statsmodels, Newcomb by default)."""
+    low, high = confint_proportions_2indep(np.asarray(count_t), np.asarray(n_t), np.asarray(count_c),
+                                           np.asarray(n_c), method=method, compare="diff", alpha=alpha)
+    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+
+
+def proportion_ratio_ci(count_t: Any, n_t: Any, count_c: Any, n_c: Any, alpha: float = 0.05
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Interval for rate_t / rate_c: log method with 0.5 added to each count, defined with zero counts; vectorised."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = confint_proportions_2indep(np.asarray(count_t), np.asarray(n_t), np.asarray(count_c),
+                                               np.asarray(n_c), method="log-adjusted", compare="ratio", alpha=alpha)
+    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+
+
+def proportion_p_value(count_t: Any, n_t: Any, count_c: Any, n_c: Any) -> np.ndarray:
+    """Two-sided score-test p-value for equal rates (1 when there is no conversion at all); vectorised."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = test_proportions_2indep(np.asarray(count_t), np.asarray(n_t), np.asarray(count_c), np.asarray(n_c),
+                                      method="score", compare="diff", return_results=True)
+    p = np.atleast_1d(np.asarray(res.pvalue, dtype=float))
+    return np.where(np.isnan(p), 1.0, p)
+
+
+def welch_diff_ci(mean_t: Any, var_t: Any, n_t: Any, mean_c: Any, var_c: Any, n_c: Any, alpha: float = 0.05
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Welch interval and p-value for mean_t - mean_c from summary statistics (sample variances); vectorised."""
+    mean_t, var_t, n_t, mean_c, var_c, n_c = (np.asarray(a, dtype=float)
+                                              for a in (mean_t, var_t, n_t, mean_c, var_c, n_c))
+    se2_t, se2_c = var_t / n_t, var_c / n_c
+    se = np.sqrt(se2_t + se2_c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (se2_t + se2_c) ** 2 / (se2_t ** 2 / (n_t - 1) + se2_c ** 2 / (n_c - 1))
+        q = stats.t.ppf(1 - alpha / 2, df)
+        diff = mean_t - mean_c
+        p = 2 * stats.t.sf(np.abs(diff / se), df)
+    zero = se == 0
+    return (np.where(zero, diff, diff - q * se), np.where(zero, diff, diff + q * se),
+            np.where(zero, np.where(diff == 0, 1.0, 0.0), p))
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_boot` bootstrap means of `values`, vectorised and exact, cheap for mostly-zero (mostly-constant) data.
+
+    With v0 the most frequent value and k values different from it, a resample of n values holds Binomial(n, k/n)
+    values other than v0, each drawn uniformly from those k; only they are drawn, so the cost is n_boot x k, not
+    n_boot x n (spend: v0 = 0; net margin of treated non-buyers: v0 = minus the contact cost).
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return np.full(n_boot, np.nan)
+    levels, counts_of = np.unique(values, return_counts=True)
+    v0 = levels[np.argmax(counts_of)]
+    others = values[values != v0] - v0
+    if len(others) == 0:
+        return np.full(n_boot, v0)
+    counts = rng.binomial(n, len(others) / n, size=n_boot)
+    width = max(int(counts.max()), 1)
+    sums = np.empty(n_boot)
+    step = max(1, _BOOT_CHUNK // width)
+    for start in range(0, n_boot, step):
+        m = counts[start:start + step]
+        draws = others[rng.integers(0, len(others), size=(len(m), width))]
+        draws[np.arange(width)[None, :] >= m[:, None]] = 0.0
+        sums[start:start + step] = draws.sum(axis=1)
+    return v0 + sums / n
+
+
+def bootstrap_diff_ci(y_t: np.ndarray, y_c: np.ndarray, n_boot: int = 2000, alpha: float = 0.05,
+                      rng: np.random.Generator | None = None, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval for mean(y_t) - mean(y_c), groups resampled independently."""
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    diffs = bootstrap_means(y_t, n_boot, rng) - bootstrap_means(y_c, n_boot, rng)
+    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def holm(p_values: Any) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error); NaN stays NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out
+
+
+@dataclass(frozen=True)
+class Cuped:
+    """CUPED result: the adjusted outcome, theta and the share of the outcome variance removed."""
+
+    adjusted: np.ndarray
+    theta: float
+    variance_reduction: float
+
+
+def cuped_adjust(y: Any, pre: Any) -> Cuped:
+    """CUPED (Deng et al. 2013): y - theta * (pre - mean(pre)), theta = cov(y, pre) / var(pre) on pooled groups.
+
+    Pooling treated and control is valid because randomisation makes `pre` independent of the group; the mean of the
+    adjusted outcome equals the mean of y, so the difference stays unbiased and its variance shrinks by corr(y, pre)^2.
+    """
+    y = np.asarray(y, dtype=float)
+    pre = np.asarray(pre, dtype=float)
+    if len(y) != len(pre) or np.isnan(pre).any():
+        raise InputError(f"contacts: the pre-period column has {int(np.isnan(pre).sum()):,} empty values or a "
+                         "different length than the outcome; fill missing pre-period values with 0.")
+    var_pre = pre.var()
+    theta = float(np.cov(y, pre, ddof=0)[0, 1] / var_pre) if var_pre > 0 else 0.0
+    adjusted = y - theta * (pre - pre.mean())
+    var_y = y.var()
+    reduction = float(1 - adjusted.var() / var_y) if var_y > 0 else 0.0
+    return Cuped(adjusted, theta, reduction)
+
+
+# ------------------------------------------------------------------------------------------------------ economics
+
+@dataclass(frozen=True)
+class Economics:
+    """Campaign economics; each field is a number or the name of a contacts column (e.g. merged from campaigns).
+
+    margin_pct: gross margin on sales before discount, percent. discount_pct: discount given to each treated converter,
+    percent of the order. cost_per_contact: currency per treated contact. revenue_is_net: the revenue column is what
+    the customer paid after the discount (then gross = revenue / (1 - discount)); otherwise it is the gross order value.
+    """
+
+    margin_pct: float | str
+    discount_pct: float | str = 0.0
+    cost_per_contact: float | str = 0.0
+    revenue_is_net: bool = True
+
+    def _value(self, frame: pd.DataFrame, field: str) -> np.ndarray:
+        spec = getattr(self, field)
+        if isinstance(spec, str):
+            _need_columns(frame, [spec])
+            return _numeric(frame, spec)
+        return np.full(len(frame), float(spec))
+
+    def per_customer(self, frame: pd.DataFrame, treated: np.ndarray, converted: np.ndarray,
+                     revenue: np.ndarray) -> pd.DataFrame:
+        """Per-row gross sales, discount, contact cost and net margin contribution (control: no discount or cost)."""
+        margin = self._value(frame, "margin_pct") / 100
+        disc = np.where(treated & (converted > 0), self._value(frame, "discount_pct") / 100, 0.0)
+        if ((disc < 0) | (disc >= 1)).any():
+            raise InputError("contacts: discount_pct must be in [0, 100); "
+                             f"{int(((disc < 0) | (disc >= 1)).sum()):,} treated converters are outside.")
+        gross = revenue / (1 - disc) if self.revenue_is_net else revenue
+        discount = gross * disc
+        cost = np.where(treated, self._value(frame, "cost_per_contact"), 0.0)
+        return pd.DataFrame({"_gross": gross, "_gross_margin": gross * margin, "_discount": discount,
+                             "_contact_cost": cost, "_net": gross * margin - discount - cost}, index=frame.index)
+
+
+# ---------------------------------------------------------------------------------------------------- arm results
+
+def _control_keys(by: Sequence[str], arm_col: str, control_match: Sequence[str] | None) -> list[str]:
+    return list(control_match) if control_match is not None else [c for c in by if c != arm_col]
+
+
+def _split(contacts: pd.DataFrame, by: Sequence[str], group_col: str, arm_col: str,
+           control_match: Sequence[str] | None, treatment: str, control: str, campaign_col: str = "campaign_id"
+           ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Treated rows, control rows and the columns a treated cell is matched to its control on (never empty)."""
+    _need_columns(contacts, list(by) + [group_col])
+    groups = _groups(contacts, group_col, treatment, control)
+    keys = _control_keys(by, arm_col, control_match)
+    if set(keys) - set(by):
+        raise InputError(f"control_match {keys} must be among the by columns {list(by)}.")
+    treated = contacts[(groups == treatment).to_numpy()]
+    controls = contacts[(groups == control).to_numpy()]
+    if treated.empty or controls.empty:
+        raise InputError(f"contacts: {len(treated):,} treated and {len(controls):,} control rows; both groups are "
+                         "needed. Check the group column mapping.")
+    if campaign_col in contacts.columns:
+        orphans = sorted(set(treated[campaign_col].astype("string")) - set(controls[campaign_col].astype("string")))
+        if orphans:
+            raise InputError(f"contacts: campaign(s) {orphans[:5]} have treated rows but no control rows; every "
+                             "campaign needs a randomised control group (or drop it from the measurement).")
+    if not keys:
+        treated, controls, keys = treated.assign(_all=0), controls.assign(_all=0), ["_all"]
+    return treated, controls, keys
+
+
+def _tuple_keys(indices: Mapping[Any, np.ndarray]) -> dict[tuple, np.ndarray]:
+    return {k if isinstance(k, tuple) else (k,): v for k, v in indices.items()}
+
+
+def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str | None = None, *,
+                by: Sequence[str] = ("campaign_id", "arm"), campaign_col: str = "campaign_id",
+                group_col: str = "group", arm_col: str = "arm", control_match: Sequence[str] | None = None,
+                treatment: str = "treatment", control: str = "control", alpha: float = 0.05, n_boot: int = 2000,
+                seed: int = 0, pre_period: str | None = None, economics: Economics | None = None,
+                revenue_ci: Literal["bootstrap", "welch"] = "bootstrap",
+                holm_scope: Literal["campaign", "report"] = "campaign") -> pd.DataFrame:
+    """One row per treated cell (`by`, default campaign x arm) against its matching control rows.
+
+    Conversion: rates, absolute lift (Newcomb CI), relative lift rate_t/rate_c - 1 (log CI), score-test p-value and
+    Holm-adjusted p-value (within each campaign, or across the whole report). Value (when `outcome_value`): revenue per
+    customer, difference with Welch and percentile-bootstrap CIs, CUPED on `pre_period` when given. Totals:
+    incremental = per-customer difference x n_treated, intervals scaled the same way (`revenue_ci` picks which
+    interval). With `economics`: incremental gross margin and net margin after discounts and contact costs.
+    Cells without any matching control row get NaN statistics and n_control = 0.
+    """
+    treated, controls, keys = _split(contacts, by, group_col, arm_col, control_match, treatment, control,
+                                     campaign_col)
+    by = list(by)
+    if economics is not None and outcome_value is None:
+        raise InputError("arm_results: economics needs outcome_value (the revenue column).")
+    frame = pd.concat([treated, controls])
+    is_t = np.r_[np.ones(len(treated), bool), np.zeros(len(controls), bool)]
+    work = pd.DataFrame({k: frame[k].to_numpy() for k in dict.fromkeys(by + keys)})
+    work["_t"] = is_t
+    work["b"] = _binary(frame, outcome_binary)
+    value_cols: list[str] = []
+    if outcome_value is not None:
+        work["y"] = _numeric(frame, outcome_value)
+        value_cols.append("y")
+        if economics is not None:
+            econ = economics.per_customer(frame, is_t, work["b"].to_numpy(), work["y"].to_numpy())
+            work["gm"] = econ["_gross_margin"].to_numpy()
+            work["net"] = econ["_net"].to_numpy()
+            value_cols += ["gm", "net"]
+    pre = _numeric(frame, pre_period) if pre_period is not None and value_cols else None
+
+    t_groups = _tuple_keys(work[is_t].groupby(by, sort=True, dropna=False).indices)
+    c_groups = _tuple_keys(work[~is_t].groupby(keys, sort=False, dropna=False).indices)
+    t_pos, c_pos = np.flatnonzero(is_t), np.flatnonzero(~is_t)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, idx in t_groups.items():
+        row = dict(zip(by, key))
+        ti = t_pos[idx]
+        ckey = tuple(row.get(k, 0) for k in keys)
+        ci = c_pos[c_groups[ckey]] if ckey in c_groups else np.array([], dtype=int)
+        row.update(n_treated=len(ti), n_control=len(ci), conversions_treated=work["b"].to_numpy()[ti].sum(),
+                   conversions_control=work["b"].to_numpy()[ci].sum())
+        for col in value_cols:
+            y = work[col].to_numpy()
+            yt, yc = y[ti], y[ci]
+            if pre is not None:
+                both = np.r_[ti, ci]
+                adj = cuped_adjust(y[both], pre[both])
+                yt, yc = adj.adjusted[:len(ti)], adj.adjusted[len(ti):]
+                if col == "y":
+                    row.update(cuped_theta=adj.theta, cuped_variance_reduction=adj.variance_reduction)
+            row.update({f"{col}_mean_t": yt.mean() if len(yt) else np.nan,
+                        f"{col}_mean_c": yc.mean() if len(yc) else np.nan,
+                        f"{col}_var_t": yt.var(ddof=1) if len(yt) > 1 else np.nan,
+                        f"{col}_var_c": yc.var(ddof=1) if len(yc) > 1 else np.nan})
+            if n_boot > 0 and len(yc) and len(yt):
+                low, high = bootstrap_diff_ci(yt, yc, n_boot, alpha, rng)
+            else:
+                low = high = np.nan
+            row.update({f"{col}_boot_low": low, f"{col}_boot_high": high})
+        rows.append(row)
+    raw = pd.DataFrame(rows)
+    return _finish(raw, by, campaign_col, value_cols, alpha, revenue_ci, holm_scope, pre is not None)
+
+
+def _finish(raw: pd.DataFrame, by: list[str], campaign_col: str, value_cols: list[str], alpha: float,
+            revenue_ci: str, holm_scope: str, cuped: bool) -> pd.DataFrame:
+    out = raw[by + ["n_treated", "n_control"]].copy()
+    nt, nc = raw["n_treated"].to_numpy(float), raw["n_control"].to_numpy(float)
+    xt, xc = raw["conversions_treated"].to_numpy(float), raw["conversions_control"].to_numpy(float)
+    has_c = nc > 0
+    nc_safe = np.where(has_c, nc, 1.0)
+    out["conversions_treated"], out["conversions_control"] = xt, xc
+    out["conversion_rate_treated"] = xt / nt
+    out["conversion_rate_control"] = np.where(has_c, xc / nc_safe, np.nan)
+    lift = out["conversion_rate_treated"] - out["conversion_rate_control"]
+    low, high = proportion_diff_ci(xt, nt, xc, nc_safe, alpha)
+    rlow, rhigh = proportion_ratio_ci(xt, nt, xc, nc_safe, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = out["conversion_rate_treated"] / out["conversion_rate_control"] - 1
+    nan_if = lambda a: np.where(has_c, a, np.nan)  # noqa: E731
+    out["conversion_lift_abs"] = lift
+    out["conversion_lift_abs_low"], out["conversion_lift_abs_high"] = nan_if(low), nan_if(high)
+    out["conversion_lift_rel"] = rel.replace([np.inf, -np.inf], np.nan)
+    out["conversion_lift_rel_low"], out["conversion_lift_rel_high"] = nan_if(rlow - 1), nan_if(rhigh - 1)
+    out["p_value"] = nan_if(proportion_p_value(xt, nt, xc, nc_safe))
+    if holm_scope == "report" or campaign_col not in by:
+        out["p_value_adjusted"] = holm(out["p_value"])
+    else:
+        out["p_value_adjusted"] = out.groupby(campaign_col, dropna=False)["p_value"].transform(
+            lambda s: pd.Series(holm(s.to_numpy()), index=s.index))
+    out["incremental_conversions"] = lift * nt
+    out["incremental_conversions_low"] = out["conversion_lift_abs_low"] * nt
+    out["incremental_conversions_high"] = out["conversion_lift_abs_high"] * nt
+    names = {"y": ("revenue", "incremental_revenue"), "gm": ("margin", "incremental_margin"),
+             "net": ("net_margin", "incremental_margin_net")}
+    for col in value_cols:
+        stem, total = names[col]
+        wlow, whigh, wp = welch_diff_ci(raw[f"{col}_mean_t"], raw[f"{col}_var_t"], nt,
+                                        raw[f"{col}_mean_c"], raw[f"{col}_var_c"], nc_safe, alpha)
+        diff = raw[f"{col}_mean_t"] - raw[f"{col}_mean_c"]
+        out[f"{stem}_per_customer_treated"] = raw[f"{col}_mean_t"]
+        out[f"{stem}_per_customer_control"] = raw[f"{col}_mean_c"]
+        out[f"{stem}_diff"] = diff
+        out[f"{stem}_diff_welch_low"], out[f"{stem}_diff_welch_high"] = nan_if(wlow), nan_if(whigh)
+        out[f"{stem}_diff_boot_low"], out[f"{stem}_diff_boot_high"] = raw[f"{col}_boot_low"], raw[f"{col}_boot_high"]
+        out[f"p_value_{stem}"] = nan_if(wp)
+        src = "boot" if revenue_ci == "bootstrap" else "welch"
+        out[total] = diff * nt
+        out[f"{total}_low"] = out[f"{stem}_diff_{src}_low"] * nt
+        out[f"{total}_high"] = out[f"{stem}_diff_{src}_high"] * nt
+    if cuped:
+        out["cuped_theta"] = raw["cuped_theta"]
+        out["cuped_variance_reduction"] = raw["cuped_variance_reduction"]
+    return out.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------------- dilution
+
+def dilution(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str, economics: Economics, *,
+             by: Sequence[str] = ("campaign_id",), group_col: str = "group", arm_col: str = "arm",
+             control_match: Sequence[str] | None = None, treatment: str = "treatment",
+             control: str = "control") -> pd.DataFrame:
+    """Discount economics per cell (default per campaign; add "channel" to `by` for channels).
+
+    dilution_cost = control conversion rate x n_treated x average discount per redemption (the discount handed to
+    converters who would have bought anyway); discount_cost = every treated redemption's discount;
+    incremental_margin = (gross sales per treated - per control customer) x n_treated x margin;
+    net_incremental_margin = incremental_margin - discount_cost - contact_cost;
+    roi = net_incremental_margin / (contact_cost + discount_cost).
+    """
+    treated, controls, keys = _split(contacts, by, group_col, arm_col, control_match, treatment, control)
+    by = list(by)
+    parts = []
+    for rows, is_t in ((treated, True), (controls, False)):
+        b = _binary(rows, outcome_binary)
+        econ = economics.per_customer(rows, np.full(len(rows), is_t), b, _numeric(rows, outcome_value))
+        econ["_b"] = b
+        for col in dict.fromkeys(by + keys):
+            econ[col] = rows[col].to_numpy()
+        parts.append(econ)
+    t = parts[0].groupby(by, dropna=False).agg(n_treated=("_b", "size"), redemptions=("_b", "sum"),
+                                              gross_sales_treated=("_gross", "sum"),
+                                              gross_margin_treated=("_gross_margin", "sum"),
+                                              discount_cost=("_discount", "sum"),
+                                              contact_cost=("_contact_cost", "sum")).reset_index()
+    c = parts[1].groupby(keys, dropna=False).agg(n_control=("_b", "size"), conversions_control=("_b", "sum"),
+                                                gross_sales_control=("_gross", "sum"),
+                                                gross_margin_control=("_gross_margin", "sum")).reset_index()
+    out = t.merge(c, on=keys, how="left")
+    nt = out["n_treated"]
+    out["conversion_rate_treated"] = out["redemptions"] / nt
+    out["conversion_rate_control"] = out["conversions_control"] / out["n_control"]
+    out["avg_discount_per_redemption"] = (out["discount_cost"] / out["redemptions"]).where(out["redemptions"] > 0, 0.0)
+    out["dilution_cost"] = out["conversion_rate_control"] * nt * out["avg_discount_per_redemption"]
+    out["dilution_share"] = (out["dilution_cost"] / out["discount_cost"]).where(out["discount_cost"] > 0)
+    scale = nt / out["n_control"]
+    out["incremental_revenue_gross"] = out["gross_sales_treated"] - out["gross_sales_control"] * scale
+    out["incremental_margin"] = out["gross_margin_treated"] - out["gross_margin_control"] * scale
+    out["net_incremental_margin"] = out["incremental_margin"] - out["discount_cost"] - out["contact_cost"]
+    spend = out["contact_cost"] + out["discount_cost"]
+    out["roi"] = (out["net_incremental_margin"] / spend).where(spend > 0)
+    return out[by + ["n_treated", "n_control", "conversion_rate_treated", "conversion_rate_control", "redemptions",
+                     "avg_discount_per_redemption", "discount_cost", "dilution_cost", "dilution_share",
+                     "contact_cost", "incremental_revenue_gross", "incremental_margin", "net_incremental_margin",
+                     "roi"]]
+
+
+# ------------------------------------------------------------------------------------------------- set-up checks
+
+class SrmResult(NamedTuple):
+    """Sample-ratio-mismatch test: Pearson chi-square statistic and its p-value."""
+
+    chi2: float
+    p_value: float
+
+
+def srm_check(observed_counts: Mapping[str, float] | pd.Series, planned_shares: Mapping[str, float] | pd.Series
+              ) -> SrmResult:
+    """Chi-square goodness of fit of the observed group sizes to the planned split (shares are normalised)."""
+    obs = pd.Series(observed_counts, dtype=float)
+    plan = pd.Series(planned_shares, dtype=float)
+    if set(obs.index) != set(plan.index):
+        raise InputError(f"srm_check: observed groups {sorted(map(str, obs.index))} differ from planned groups "
+                         f"{sorted(map(str, plan.index))}; give one planned share per group.")
+    if (obs < 0).any() or (plan <= 0).any() or obs.sum() == 0:
+        raise InputError("srm_check: counts must be >= 0 with at least one contact, planned shares > 0.")
+    expected = plan.reindex(obs.index) / plan.sum() * obs.sum()
+    chi2, p = stats.chisquare(obs.to_numpy(), expected.to_numpy())
+    return SrmResult(float(chi2), float(p))
+
+
+def srm_table(contacts: pd.DataFrame, planned_shares: Mapping[str, float], *, by: Sequence[str] = ("campaign_id",),
+              unit_col: str = "group") -> pd.DataFrame:
+    """`srm_check` per cell of `by` on the counts of `unit_col` (e.g. group, or arm when arms share a control)."""
+    _need_columns(contacts, list(by) + [unit_col])
+    counts = contacts.groupby(list(by) + [unit_col], dropna=False).size().unstack(unit_col, fill_value=0)
+    rows = []
+    for key, obs in counts.iterrows():
+        obs = obs.reindex(list(planned_shares), fill_value=0)
+        res = srm_check(obs, planned_shares)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     **{f"n_{k}": int(v) for k, v in obs.items()}, "srm_chi2": res.chi2, "srm_p_value": res.p_value})
+    return pd.DataFrame(rows)
+
+
+def balance_table(contacts: pd.DataFrame, covariates: Sequence[str], group_col: str = "group", *,
+                  treatment: str = "treatment", control: str = "control", smd_flag: float | None = None
+                  ) -> pd.DataFrame:
+    """Standardised mean differences treated vs control, (mean_t - mean_c) / sqrt((var_t + var_c) / 2).
+
+    Numeric covariates as they are, categorical ones one row per level (share of the level). `flag` marks
+    |SMD| > smd_flag (default from the rules file, 0.1).
+    """
+    _need_columns(contacts, list(covariates))
+    groups = _groups(contacts, group_col, treatment, control)
+    limit = load_rules()["smd_flag_above"] if smd_flag is None else smd_flag
+    rows = []
+    for cov in covariates:
+        col = contacts[cov]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            parts = {cov: col.astype(float)}
+        else:
+            parts = {f"{cov}={lvl}": (col.astype("string") == lvl).astype(float).fillna(0.0)
+                     for lvl in col.astype("string").dropna().unique()}
+        for name, x in parts.items():
+            xt, xc = x[(groups == treatment).to_numpy()], x[(groups == control).to_numpy()]
+            pooled = np.sqrt((xt.var() + xc.var()) / 2)
+            diff = xt.mean() - xc.mean()
+            smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
+            rows.append({"covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(), "smd": smd,
+                         "flag": bool(abs(smd) > limit)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------- power
+
+class SampleSize(NamedTuple):
+    """Contacts needed per group for the planned test."""
+
+    n_treated: int
+    n_control: int
+
+
+def required_sample_size(p_control: float, mde_abs: float, alpha: float = 0.05, power: float = 0.8,
+                         ratio: float = 1.0) -> SampleSize:
+    """Per-group sizes for a two-sided test of p_control vs p_control + mde_abs (Cohen's h, normal approximation).
+
+    ratio = n_treated / n_control.
+    """
+    p_t = p_control + mde_abs
+    if not (0 < p_control < 1 and 0 < p_t < 1 and mde_abs != 0 and ratio > 0):
+        raise InputError(f"required_sample_size: need 0 < p_control ({p_control}) and p_control + mde_abs ({p_t}) "
+                         f"< 1, mde_abs != 0 and ratio > 0 ({ratio}).")
+    h = abs(proportion_effectsize(p_t, p_control))
+    n_c = NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=power, ratio=ratio,
+                                       alternative="two-sided")
+    return SampleSize(int(np.ceil(n_c * ratio)), int(np.ceil(n_c)))
+
+
+def additional_contacts_needed(row: Mapping[str, Any] | pd.Series, mde_rel: float | None = None,
+                               alpha: float | None = None, power: float | None = None) -> int:
+    """More contacts per group an inconclusive arm needs to detect `mde_rel` x its control rate (rules defaults).
+
+    Uses n_treated, n_control and conversion_rate_control from an `arm_results` row; keeps the current split.
+    """
+    rules = load_rules()
+    mde_rel = rules["mde_rel"] if mde_rel is None else mde_rel
+    p_c = float(row["conversion_rate_control"])
+    n_t, n_c = int(row["n_treated"]), int(row["n_control"])
+    if not 0 < p_c < 1 or n_c == 0:
+        raise InputError(f"additional_contacts_needed: control conversion rate {p_c} with {n_c} controls; a power "
+                         "calculation needs some control conversions.")
+    need = required_sample_size(p_c, mde_rel * p_c, rules["alpha"] if alpha is None else alpha,
+                                rules["power"] if power is None else power, ratio=n_t / n_c)
+    return max(0, need.n_treated - n_t, need.n_control - n_c)
+
+
+# ----------------------------------------------------------------------------------------------------- sequential
+
+def obf_spending(t: Any, alpha: float = 0.05) -> np.ndarray:
+    """Lan-DeMets O'Brien-Fleming-type spending: alpha*(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)), alpha*(1) = alpha."""
+    t = np.clip(np.asarray(t, dtype=float), 1e-12, 1.0)
+    return 2 * stats.norm.sf(stats.norm.isf(alpha / 2) / np.sqrt(t))
+
+
+def sequential_bounds(info_fractions: Sequence[float], alpha: float = 0.05, sides: Literal[1, 2] = 2
+                      ) -> pd.DataFrame:
+    """Group-sequential z boundaries at the given information fractions (Lan-DeMets, O'Brien-Fleming-type spending).
+
+    At look k the boundary c_k solves P(no earlier crossing, |Z_k| >= c_k) = alpha*(t_k) - alpha*(t_{k-1}) under the
+    null (upper crossing only when sides=1), with Z_k = W(t_k) / sqrt(t_k) for a Brownian motion W. Two-sided
+    (sides=2) spends alpha/2 per side with symmetric boundaries, the convention of ldbounds and gsDesign. The
+    probabilities come from the recursive numerical integration of Armitage, McPherson and Rowe (1969) on a grid.
+    Fractions above 1 are treated as 1; once all alpha is spent later boundaries are infinite.
+    Stop for efficacy (or harm, with sides=2) when |z| crosses the boundary; otherwise keep going.
+    """
+    t = np.minimum(np.asarray(info_fractions, dtype=float), 1.0)
+    if len(t) == 0 or (t <= 0).any() or (np.diff(t) < 0).any():
+        raise InputError(f"sequential_bounds: information fractions must be increasing and > 0, got {list(t)}.")
+    spent = sides * obf_spending(t, alpha / sides)
+    increments = np.diff(np.r_[0.0, spent])
+    bounds = np.full(len(t), np.inf)
+    grid = density = None
+    t_prev = 0.0
+    for k, (tk, inc) in enumerate(zip(t, increments)):
+        if inc <= 1e-15 or tk <= t_prev:
+            bounds[k] = np.inf
+            continue
+        sd = np.sqrt(tk - t_prev)
+        if grid is None:
+            def exit_prob(b: float) -> float:
+                return (2 if sides == 2 else 1) * stats.norm.sf(b / np.sqrt(tk))
+        else:
+            def exit_prob(b: float) -> float:
+                tail = stats.norm.sf((b - grid) / sd)
+                if sides == 2:
+                    tail = tail + stats.norm.cdf((-b - grid) / sd)
+                return float(np.sum(density * tail))
+        b = optimize.brentq(lambda x: exit_prob(x) - inc, 1e-9, 12 * np.sqrt(tk), xtol=1e-12)
+        bounds[k] = b / np.sqrt(tk)
+        lower = -b if sides == 2 else -12 * np.sqrt(tk)
+        new_grid = np.linspace(lower, b, _GRID)
+        weights = _simpson_weights(new_grid)
+        if grid is None:
+            new_density = stats.norm.pdf(new_grid / np.sqrt(tk)) / np.sqrt(tk)
+        else:
+            kernel = stats.norm.pdf((new_grid[:, None] - grid[None, :]) / sd) / sd
+            new_density = kernel @ density
+        grid, density, t_prev = new_grid, new_density * weights, tk
+    return pd.DataFrame({"info_fraction": t, "alpha_spent": spent, "alpha_increment": increments,
+                         "z_bound": bounds, "nominal_p": (2 if sides == 2 else 1) * stats.norm.sf(bounds)})
+
+
+def _simpson_weights(grid: np.ndarray) -> np.ndarray:
+    h = grid[1] - grid[0]
+    w = np.ones(len(grid))
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    return w * h / 3
+
+
+def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date | str, planned_n_treated: int,
+                       planned_n_control: int, *, by: Sequence[str] = ("campaign_id", "arm"),
+                       date_col: str = "contact_date", freq: str = "W-SUN", alpha: float = 0.05,
+                       group_col: str = "group", arm_col: str = "arm", control_match: Sequence[str] | None = None,
+                       treatment: str = "treatment", control: str = "control") -> pd.DataFrame:
+    """Weekly cumulative looks at each treated cell with Lan-DeMets O'Brien-Fleming-type boundaries.
+
+    Contacts up to `as_of` are grouped into contact weeks (`freq`); at each week end the cumulative rates, the pooled
+    two-proportion z statistic and the information fraction (1/n_t + 1/n_c at plan over the same now) are compared
+    with `sequential_bounds` for the looks so far. `decision` is "efficacy" or "harm" at the first crossing, else
+    "continue". Outcomes are the ones recorded at as_of for each contact cohort.
+    """
+    _need_columns(contacts, [date_col])
+    dates = pd.to_datetime(contacts[date_col], errors="coerce")
+    if dates.isna().any():
+        raise InputError(f"contacts: column '{date_col}' has {int(dates.isna().sum()):,} empty or unreadable dates; "
+                         "fix them or drop those rows before monitoring.")
+    keep = (dates <= pd.Timestamp(as_of)).to_numpy()
+    data = contacts[keep].copy()
+    data["_week"] = dates[keep].dt.to_period(freq).dt.end_time.dt.normalize()
+    treated, controls, keys = _split(data, by, group_col, arm_col, control_match, treatment, control)
+    by = list(by)
+    tb = treated.assign(_b=_binary(treated, outcome_binary)).groupby(by + ["_week"])["_b"].agg(["size", "sum"])
+    cb = controls.assign(_b=_binary(controls, outcome_binary)).groupby(keys + ["_week"])["_b"].agg(["size", "sum"])
+    weeks = np.sort(data["_week"].unique())
+    empty = pd.DataFrame(0, index=weeks, columns=["size", "sum"])
+    c_cum = {k if isinstance(k, tuple) else (k,): part.droplevel(list(range(len(keys)))).reindex(weeks, fill_value=0)
+             .cumsum() for k, part in cb.groupby(level=list(range(len(keys))))}
+    info_max = 1 / (1 / planned_n_treated + 1 / planned_n_control)
+    frames = []
+    for key, part in tb.groupby(level=list(range(len(by)))):
+        cells = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        t_cum = part.droplevel(list(range(len(by)))).reindex(weeks, fill_value=0).cumsum()
+        ctrl = c_cum.get(tuple(cells.get(k, 0) for k in keys), empty)
+        ok = ((t_cum["size"] > 0) & (ctrl["size"] > 0)).to_numpy()
+        if not ok.any():
+            continue
+        frame = pd.DataFrame({**cells, "week_end": weeks[ok], "n_treated": t_cum["size"].to_numpy()[ok],
+                              "n_control": ctrl["size"].to_numpy()[ok],
+                              "conversions_treated": t_cum["sum"].to_numpy()[ok],
+                              "conversions_control": ctrl["sum"].to_numpy()[ok]})
+        frames.append(_look(frame, info_max, alpha))
+    if not frames:
+        raise InputError(f"contacts: no week up to {as_of} has both treated and control contacts.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _look(frame: pd.DataFrame, info_max: float, alpha: float) -> pd.DataFrame:
+    nt, nc = frame["n_treated"].astype(float), frame["n_control"].astype(float)
+    pt, pc = frame["conversions_treated"] / nt, frame["conversions_control"] / nc
+    pool = (frame["conversions_treated"] + frame["conversions_control"]) / (nt + nc)
+    se = np.sqrt(pool * (1 - pool) * (1 / nt + 1 / nc))
+    frame["conversion_rate_treated"], frame["conversion_rate_control"] = pt, pc
+    frame["conversion_lift_abs"] = pt - pc
+    frame["z"] = ((pt - pc) / se).where(se > 0, 0.0)
+    frac = np.minimum(np.maximum.accumulate((1 / (1 / nt + 1 / nc) / info_max).to_numpy()), 1.0)
+    frame["info_fraction"] = frac
+    frame["z_bound"] = sequential_bounds(frac, alpha)["z_bound"].to_numpy()
+    crossed = (frame["z"].abs() >= frame["z_bound"]).to_numpy()
+    first = np.argmax(crossed) if crossed.any() else len(frame)
+    decision = np.full(len(frame), "continue", dtype=object)
+    decision[first:] = np.where(frame["z"].iloc[first] > 0, "efficacy", "harm") if crossed.any() else "continue"
+    frame["decision"] = decision
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------ recommendations
+
+def recommend(row: Mapping[str, Any] | pd.Series, rules: Mapping[str, Any] | None = None,
+              capacity: str | None = None) -> str:
+    """One decision sentence for an `arm_results` row (rules from `lib/cvm/rules/recommendations.yaml`).
+
+    Order: "check set-up" (srm_p_value below the threshold), "stop" (interval of the decision metric below 0),
+    "scale" (above 0, with the capacity note when given), "continue: need N more contacts per group" (power
+    calculation), else "stop: no effect" when the sample could already have seen the smallest lift worth having.
+    """
+    rules = dict(load_rules() if rules is None else rules)
+    msg = rules["messages"]
+    row = dict(row)
+    srm_p = row.get("srm_p_value")
+    if srm_p is not None and not pd.isna(srm_p) and srm_p < rules["srm_p_value_below"]:
+        return msg["check_setup"].format(srm_p_value=srm_p)
+    metric = next((m for m in rules["decision_metrics"]
+                   if all(k in row and not pd.isna(row[k]) for k in (m, f"{m}_low", f"{m}_high"))), None)
+    if metric is None:
+        raise InputError(f"recommend: the row has none of {rules['decision_metrics']} with _low/_high intervals; "
+                         "pass an arm_results row.")
+    low, high = float(row[f"{metric}_low"]), float(row[f"{metric}_high"])
+    if high < 0:
+        return msg["stop"].format(metric=metric, low=low, high=high)
+    if low > 0:
+        if capacity:
+            return msg["scale_capacity"].format(metric=metric, low=low, high=high, capacity=capacity)
+        return msg["scale"].format(metric=metric, low=low, high=high)
+    n_more = additional_contacts_needed(row, rules["mde_rel"], rules["alpha"], rules["power"])
+    if n_more > 0:
+        return msg["continue"].format(n_more=n_more, mde_rel=rules["mde_rel"])
+    return msg["no_effect"].format(mde_rel=rules["mde_rel"])
+
+
+# ------------------------------------------------------------------------------------------------ feedback priors
+
+def _beta_binomial_strength(x: np.ndarray, n: np.ndarray, max_strength: float) -> tuple[float, float]:
+    """Method-of-moments prior mean and strength (alpha + beta) of a beta-binomial over cells."""
+    total = n.sum()
+    mu = x.sum() / total if total > 0 else np.nan
+    k = len(n)
+    if k < 2 or not 0 < mu < 1:
+        return mu, max_strength
+    s = np.sum(n * (x / n - mu) ** 2)
+    denom = total - np.sum(n ** 2) / total - (k - 1)
+    rho = (s / (mu * (1 - mu)) - (k - 1)) / denom if denom > 0 else 0.0
+    if rho <= 0:
+        return mu, max_strength
+    return mu, float(min(max_strength, 1 / min(rho, 1.0) - 1 if rho < 1 else 0.0))
+
+
+def feedback_priors(contacts: pd.DataFrame, outcome_binary: str, *,
+                    by: Sequence[str] = ("segment", "campaign_type", "discount_pct"),
+                    shrink_to: Sequence[str] = ("campaign_type",), group_col: str = "group",
+                    treatment: str = "treatment", control: str = "control",
+                    max_prior_strength: float = 1e6) -> pd.DataFrame:
+    """Observed and shrunk treated/control rates and uplift per cell, as priors for the next personalisation run.
+
+    Beta-binomial empirical Bayes: within each `shrink_to` cell (default campaign type) the treated and the control
+    rates of the `by` cells are modelled as Beta(mu * s, (1 - mu) * s); mu is the pooled rate and the prior strength
+    s comes from the method of moments on the between-cell spread. Each cell's rate becomes (x + mu * s) / (n + s):
+    small cells move toward the campaign-type rate, large ones keep their own. No excess spread gives full pooling
+    (s = max_prior_strength).
+    """
+    by, shrink_to = list(by), list(shrink_to)
+    if not set(shrink_to) <= set(by):
+        raise InputError(f"feedback_priors: shrink_to {shrink_to} must be among by {by}.")
+    _need_columns(contacts, by + [outcome_binary])
+    groups = _groups(contacts, group_col, treatment, control)
+    data = contacts[by].copy()
+    data["_b"] = _binary(contacts, outcome_binary)
+    data["_t"] = (groups == treatment).to_numpy()
+    cells = data.groupby(by + ["_t"], dropna=False)["_b"].agg(["size", "sum"]).unstack("_t", fill_value=0)
+    out = pd.DataFrame(index=cells.index)
+    for flag, name in ((True, "treated"), (False, "control")):
+        n = cells[("size", flag)].astype(float) if ("size", flag) in cells else pd.Series(0.0, index=cells.index)
+        x = cells[("sum", flag)].astype(float) if ("sum", flag) in cells else pd.Series(0.0, index=cells.index)
+        out[f"n_{name}"], out[f"conversions_{name}"] = n.astype(int), x
+        out[f"rate_{name}_raw"] = (x / n).where(n > 0)
+        prior_mean = pd.Series(np.nan, index=cells.index)
+        strength = pd.Series(np.nan, index=cells.index)
+        for _, idx in (n.groupby(level=shrink_to, dropna=False).groups.items() if shrink_to
+                       else [(None, n.index)]):
+            has = n.loc[idx] > 0
+            mu, s = _beta_binomial_strength(x.loc[idx][has].to_numpy(), n.loc[idx][has].to_numpy(),
+                                            max_prior_strength)
+            prior_mean.loc[idx], strength.loc[idx] = mu, s
+        out[f"prior_rate_{name}"], out[f"prior_strength_{name}"] = prior_mean, strength
+        out[f"rate_{name}"] = (x + prior_mean * strength) / (n + strength)
+    out["uplift_raw"] = out["rate_treated_raw"] - out["rate_control_raw"]
+    out["uplift"] = out["rate_treated"] - out["rate_control"]
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------------------- plots
+
+def forest_plot(results: pd.DataFrame, metric: str = "conversion_lift_abs", *,
+                label_cols: Sequence[str] = ("campaign_id", "arm"), scale: float = 100.0,
+                unit: str = "percentage points") -> Figure:
+    """Forest plot of `metric` and its `_low`/`_high` interval per row; the title counts confident wins and losses."""
+    _need_columns(results, [metric, f"{metric}_low", f"{metric}_high", *label_cols], table="arm results")
+    data = results.reset_index(drop=True)
+    labels = data[list(label_cols)].astype("string").agg(" / ".join, axis=1)
+    est, low, high = (data[c].to_numpy(float) * scale for c in (metric, f"{metric}_low", f"{metric}_high"))
+    wins, losses = int((low > 0).sum()), int((high < 0).sum())
+    colours = np.where(low > 0, "tab:green", np.where(high < 0, "tab:red", "tab:grey"))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(data) + 1.8))
+    y = np.arange(len(data))[::-1]
+    ax.hlines(y, low, high, colors=colours, linewidth=2.5)
+    ax.scatter(est, y, color=colours, zorder=3)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} ({unit}), with confidence interval")
+    inconclusive = len(data) - wins - losses
+    ax.set_title(f"{wins} of {len(data)} arms confidently positive, {losses} negative, {inconclusive} inconclusive")
+    fig.tight_layout()
+    return fig
+
+
+def weekly_trend_plot(weekly: pd.DataFrame, title_label: str = "") -> Figure:
+    """Two panels for one cell of `sequential_monitor`: cumulative conversion rates, and z against its boundary."""
+    _need_columns(weekly, ["week_end", "conversion_rate_treated", "conversion_rate_control", "z", "z_bound",
+                           "decision"], table="weekly looks")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    top.plot(weekly["week_end"], weekly["conversion_rate_treated"] * 100, marker="o", label="treatment")
+    top.plot(weekly["week_end"], weekly["conversion_rate_control"] * 100, marker="o", label="control")
+    top.set_ylabel("cumulative conversion rate (%)")
+    top.legend()
+    bound = weekly["z_bound"].replace(np.inf, np.nan)
+    bottom.plot(weekly["week_end"], weekly["z"], marker="o", color="black", label="z statistic")
+    bottom.plot(weekly["week_end"], bound, linestyle="--", color="tab:red", label="stopping boundary")
+    bottom.plot(weekly["week_end"], -bound, linestyle="--", color="tab:red")
+    bottom.set_ylabel("z statistic (standard errors)")
+    bottom.set_xlabel("week ending")
+    bottom.legend()
+    stop = weekly[weekly["decision"] != "continue"]
+    message = (f"{stop['decision'].iloc[0]} boundary crossed in the week ending {stop['week_end'].iloc[0]:%Y-%m-%d}"
+               if len(stop) else f"no boundary crossed after {len(weekly)} weekly looks: keep going")
+    fig.suptitle(f"{title_label}: {message}" if title_label else message, fontweight="bold")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,266 @@
+"""Per-customer features from the transactions table, aggregated in DuckDB.
+
+All SQL lives in the `SQL` dict below and uses only SELECT / GROUP BY / CASE / CAST / date literals and `min_by`, so the
+same definitions run on Spark SQL. Date differences are taken in pandas (vectorised) because DuckDB and Spark spell
+`datediff` differently.
+
+Definitions (the notebook and the CLV model rely on them):
+
+* a *line* is one row of the table; a *return line* has amount < 0;
+* an *order* is a distinct (customer_id, order_id); a *purchase order* has net amount >= 0 and at least one
+  non-return line;
+* a *purchase day* is a calendar day whose net amount is >= 0 and that has at least one non-return line. Zero-value
+  purchases count (CDNOW has 8 $0 purchases that the published summaries count); a day with only returns does not;
+* recency_days, tenure_days, ``T`` are measured to end = ``calibration_end`` when given, else ``as_of``;
+* ``x`` = purchase days - 1 (repeat purchase occasions), ``t_x`` = last - first purchase day, ``T`` = end - first purchase
+  day, all in ``time_unit`` (D = 1 day, W = 7 days, M = 365.25 / 12 days), where end = ``calibration_end`` or ``as_of``;
+* ``mean_repeat_value`` = mean net value of the repeat purchase days (first purchase day excluded), NaN when x = 0.
+
+Customers whose only rows in the window are returns keep a row with n_orders = 0 and NaN BTYD fields.
+"""
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cvm.errors import InputError
+
+#: Length of one time unit in days.
+TIME_UNIT_DAYS: dict[str, float] = {"D": 1.0, "W": 7.0, "M": 365.25 / 12}
+
+REQUIRED = ("customer_id", "order_id", "order_date", "amount")
+
+#: Every SQL statement of the module. Placeholders: {table}, {end}, {start_filter}, {extra_line_cols}, {lines},
+#: {extra_aggs}, {col}, {cal_end}, {limit}.
+SQL: dict[str, str] = {
+    "lines": """
+        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount{extra_line_cols}
+        FROM {table}
+        WHERE CAST(order_date AS DATE) <= DATE '{end}'{start_filter}""",
+    "features": """
+        WITH lines AS ({lines}),
+        orders AS (
+            SELECT customer_id, order_id, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+            FROM lines GROUP BY customer_id, order_id),
+        days AS (
+            SELECT customer_id, d, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+            FROM lines GROUP BY customer_id, d),
+        pdays AS (SELECT customer_id, d, net FROM days WHERE net >= 0 AND has_buy = 1),
+        line_agg AS (
+            SELECT customer_id,
+                   SUM(amount) AS monetary_total,
+                   SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS gross,
+                   SUM(CASE WHEN amount < 0 THEN -amount ELSE 0 END) AS returned,
+                   SUM(CASE WHEN amount < 0 THEN 1 ELSE 0 END) AS n_return_lines{extra_aggs}
+            FROM lines GROUP BY customer_id),
+        order_agg AS (
+            SELECT customer_id, SUM(CASE WHEN net >= 0 AND has_buy = 1 THEN 1 ELSE 0 END) AS n_orders
+            FROM orders GROUP BY customer_id),
+        day_agg AS (
+            SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
+                   SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
+            FROM pdays GROUP BY customer_id)
+        SELECT l.*, o.n_orders, p.n_purchase_days, p.first_purchase, p.last_purchase, p.purchase_day_value,
+               p.first_day_value
+        FROM line_agg l
+        LEFT JOIN order_agg o ON l.customer_id = o.customer_id
+        LEFT JOIN day_agg p ON l.customer_id = p.customer_id""",
+    "top_values": """
+        SELECT CAST({col} AS VARCHAR) AS v, SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS value
+        FROM ({lines}) t WHERE {col} IS NOT NULL
+        GROUP BY CAST({col} AS VARCHAR) ORDER BY value DESC, v LIMIT {limit}""",
+    "holdout": """
+        WITH lines AS ({lines}),
+        days AS (
+            SELECT customer_id, d, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+            FROM lines GROUP BY customer_id, d)
+        SELECT customer_id,
+               SUM(CASE WHEN d > DATE '{cal_end}' AND net >= 0 AND has_buy = 1 THEN 1 ELSE 0 END) AS holdout_purchases
+        FROM days GROUP BY customer_id""",
+    "daily_counts": """
+        WITH lines AS ({lines}),
+        days AS (
+            SELECT customer_id, d FROM lines GROUP BY customer_id, d
+            HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
+        firsts AS (SELECT customer_id, MIN(d) AS first_d FROM days GROUP BY customer_id)
+        SELECT s.d AS day,
+               SUM(CASE WHEN s.d = f.first_d THEN 1 ELSE 0 END) AS n_first,
+               SUM(CASE WHEN s.d > f.first_d THEN 1 ELSE 0 END) AS n_repeat
+        FROM days s JOIN firsts f ON s.customer_id = f.customer_id
+        WHERE f.first_d <= DATE '{cal_end}'
+        GROUP BY s.d ORDER BY s.d""",
+}
+
+
+def _to_date(value: str | date, what: str) -> date:
+    try:
+        return pd.Timestamp(value).date()
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{what}: '{value}' is not a date; use YYYY-MM-DD.") from exc
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
+        raise InputError(f"table name '{table}' is not a plain identifier; register the data as a view first.")
+    try:
+        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+    except duckdb.Error as exc:
+        raise InputError(f"table '{table}' not found in the DuckDB connection: register it first "
+                         f"(con.register('{table}', df) or CREATE VIEW).") from exc
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise InputError(f"table '{table}': missing required column(s) {missing}; map them in the source config "
+                         f"(contract: {', '.join(REQUIRED)}).")
+    return cols
+
+
+def _lines_sql(table: str, end: date, start: date | None, extra: list[str]) -> str:
+    start_filter = f" AND CAST(order_date AS DATE) > DATE '{start.isoformat()}'" if start else ""
+    extra_line_cols = "".join(f", {c}" for c in extra)
+    return SQL["lines"].format(table=table, end=end.isoformat(), start_filter=start_filter,
+                               extra_line_cols=extra_line_cols)
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", value.lower()).strip("_") or "blank"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _share_aggs(con: duckdb.DuckDBPyConnection, lines: str, col: str, top: int) -> tuple[str, list[str]]:
+    """SQL aggregates for the positive-value share of the top `top` values of `col`, plus an 'other' share."""
+    values = [r[0] for r in con.execute(SQL["top_values"].format(col=col, lines=lines, limit=top)).fetchall()]
+    aggs, names = [], []
+    for v in values:
+        name = f"{col}_share_{_slug(v)}"
+        if name in names:
+            continue
+        names.append(name)
+        aggs.append(f"SUM(CASE WHEN amount > 0 AND CAST({col} AS VARCHAR) = {_quote(v)} THEN amount ELSE 0 END) "
+                    f"AS {name}")
+    return "".join(",\n                   " + a for a in aggs), names
+
+
+def customer_features(
+    con: duckdb.DuckDBPyConnection,
+    as_of: str | date,
+    table: str = "transactions",
+    lookback_days: int | None = None,
+    frequency_basis: Literal["orders", "days"] = "orders",
+    time_unit: Literal["D", "W", "M"] = "W",
+    calibration_end: str | None = None,
+    top_categories: int = 8,
+) -> pd.DataFrame:
+    """One row per customer with RFM, returns, discount, category/channel shares and the BTYD summary (x, t_x, T).
+
+    Rows with order_date <= end are used, end = calibration_end when given (T is then measured to it) else as_of;
+    `lookback_days` keeps only (end - lookback_days, end]. recency_days and tenure_days are measured to end too, so a
+    calibration frame describes the customer as seen on calibration_end.
+    """
+    if frequency_basis not in ("orders", "days"):
+        raise InputError(f"frequency_basis must be 'orders' or 'days', got '{frequency_basis}'.")
+    if time_unit not in TIME_UNIT_DAYS:
+        raise InputError(f"time_unit must be one of {list(TIME_UNIT_DAYS)}, got '{time_unit}'.")
+    as_of_d = _to_date(as_of, "as_of")
+    end = _to_date(calibration_end, "calibration_end") if calibration_end is not None else as_of_d
+    if end > as_of_d:
+        raise InputError(f"calibration_end {end} is after as_of {as_of_d}; it must be on or before it.")
+    if lookback_days is not None and lookback_days <= 0:
+        raise InputError(f"lookback_days must be positive or None, got {lookback_days}.")
+    start = end - timedelta(days=lookback_days) if lookback_days else None
+    cols = _columns(con, table)
+    extra = [c for c in ("discount", "category", "channel") if c in cols]
+    lines = _lines_sql(table, end, start, extra)
+
+    extra_aggs, share_cols = "", []
+    if "discount" in cols:
+        extra_aggs += (",\n                   SUM(CASE WHEN amount > 0 THEN COALESCE(CAST(discount AS DOUBLE), 0) "
+                       "ELSE 0 END) AS discount_value")
+    for col in ("category", "channel"):
+        if col in cols:
+            aggs, names = _share_aggs(con, lines, col, top_categories)
+            extra_aggs += aggs
+            share_cols += names
+    df = con.execute(SQL["features"].format(lines=lines, extra_aggs=extra_aggs)).df()
+    if df.empty:
+        raise InputError(f"table '{table}': no rows with order_date <= {end}"
+                         f"{f' and after {start}' if start else ''}; check as_of / lookback_days.")
+    return _finish(df, end, frequency_basis, time_unit, share_cols, "category" in cols, "channel" in cols)
+
+
+def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list[str],
+            has_category: bool, has_channel: bool) -> pd.DataFrame:
+    """Derived columns, vectorised: date differences, rates, shares and compact dtypes."""
+    out = pd.DataFrame({"customer_id": df["customer_id"]})
+    first = pd.to_datetime(df["first_purchase"])
+    last = pd.to_datetime(df["last_purchase"])
+    out["first_purchase"] = first
+    out["last_purchase"] = last
+    out["n_orders"] = df["n_orders"].fillna(0).astype("int32")
+    out["n_purchase_days"] = df["n_purchase_days"].fillna(0).astype("int32")
+    day = np.timedelta64(1, "D")
+    out["recency_days"] = ((pd.Timestamp(end) - last) / day).astype("float32")
+    out["tenure_days"] = ((pd.Timestamp(end) - first) / day).astype("float32")
+    out["frequency"] = out["n_orders"] if basis == "orders" else out["n_purchase_days"]
+    gross = df["gross"].to_numpy(dtype=float)
+    out["monetary_total"] = df["monetary_total"].astype("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["monetary_mean"] = np.where(out["n_orders"] > 0, out["monetary_total"] / out["n_orders"], np.nan)
+        out["n_return_lines"] = df["n_return_lines"].astype("int32")
+        out["return_rate"] = np.where(gross > 0, df["returned"] / gross, np.nan).astype("float32")
+        if "discount_value" in df:
+            list_value = gross + df["discount_value"].to_numpy(dtype=float)
+            out["discount_share"] = np.where(list_value > 0, df["discount_value"] / list_value, np.nan
+                                             ).astype("float32")
+        else:
+            out["discount_share"] = np.float32(np.nan)
+        for col, present in (("category", has_category), ("channel", has_channel)):
+            if not present:
+                continue
+            names = [c for c in share_cols if c.startswith(f"{col}_share_")]
+            for name in names:
+                out[name] = np.where(gross > 0, df[name] / gross, np.nan).astype("float32")
+            other = 1.0 - out[names].sum(axis=1, min_count=1) if names else pd.Series(1.0, index=out.index)
+            out[f"{col}_share_other"] = np.where(gross > 0, other.clip(lower=0), np.nan).astype("float32")
+        unit_days = TIME_UNIT_DAYS[unit]
+        x = (out["n_purchase_days"] - 1).where(out["n_purchase_days"] > 0)
+        out["x"] = x.astype("float64")
+        out["t_x"] = (last - first) / day / unit_days
+        out["T"] = (pd.Timestamp(end) - first) / day / unit_days
+        repeat_value = (df["purchase_day_value"] - df["first_day_value"]) / x.where(x > 0)
+        out["mean_repeat_value"] = repeat_value.astype("float64")
+    return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+def holdout_purchases(con: duckdb.DuckDBPyConnection, calibration_end: str | date, as_of: str | date,
+                      table: str = "transactions") -> pd.DataFrame:
+    """customer_id, holdout_purchases: purchase days in (calibration_end, as_of], 0 for customers with none."""
+    cal = _to_date(calibration_end, "calibration_end")
+    end = _to_date(as_of, "as_of")
+    if cal >= end:
+        raise InputError(f"calibration_end {cal} must be before as_of {end}.")
+    _columns(con, table)
+    lines = _lines_sql(table, end, None, [])
+    df = con.execute(SQL["holdout"].format(lines=lines, cal_end=cal.isoformat())).df()
+    df["holdout_purchases"] = df["holdout_purchases"].fillna(0).astype("int32")
+    return df.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+def daily_purchase_counts(con: duckdb.DuckDBPyConnection, calibration_end: str | date, as_of: str | date,
+                          table: str = "transactions") -> pd.DataFrame:
+    """day, n_first, n_repeat: first and repeat purchase days per calendar day up to as_of, for the customers whose
+    first purchase is on or before calibration_end (the input of `cvm.clv.cumulative_tracking`)."""
+    cal = _to_date(calibration_end, "calibration_end")
+    end = _to_date(as_of, "as_of")
+    _columns(con, table)
+    lines = _lines_sql(table, end, None, [])
+    df = con.execute(SQL["daily_counts"].format(lines=lines, cal_end=cal.isoformat())).df()
+    df["day"] = pd.to_datetime(df["day"])
+    return df.astype({"n_first": "int64", "n_repeat": "int64"})

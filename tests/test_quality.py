@@ -1,0 +1,89 @@
+"""Row validation: types, rejection reasons with counts, and the errors for columns of the wrong type."""
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from cvm.errors import InputError
+from cvm.quality import validate
+
+AS_OF = date(2025, 6, 30)
+
+
+def tx(**over) -> pd.DataFrame:
+    base = {"customer_id": ["A", "B", None, "D", "E", "E", "F"],
+            "order_id": ["1", "2", "3", "4", "5", "5", "C6"],
+            "order_date": ["2025-01-01", "2025-01-02", "2025-01-03", "not a date", "2025-01-05", "2025-01-05",
+                           "2025-07-15"],
+            "amount": ["10.5", "abc", "3", "4", "5", "5", "-6"]}
+    base.update(over)
+    return pd.DataFrame(base)
+
+
+def test_each_bad_row_has_its_reason() -> None:
+    v = validate("transactions", tx(), AS_OF, source="tx.csv", cancellation_prefix="C")
+    assert v.rows_read == 7 and len(v.kept) == 2
+    assert v.reasons == {"missing customer_id": 1, "unparseable order_date": 1, "non-numeric amount": 1,
+                         "duplicate order line": 1, "future order_date (after as_of)": 1}
+    assert set(v.rejected["reject_reason"]) == set(v.reasons)
+    assert list(v.kept["customer_id"]) == ["A", "E"]
+    assert v.kept["order_date"].dtype.kind == "M" and v.kept["amount"].dtype == "float64"
+
+
+def test_returns_and_cancellations_flagged() -> None:
+    frame = tx(order_date=["2025-01-0%d" % i for i in range(1, 8)], amount=["1", "2", "3", "-4", "5", "6", "-7"],
+               customer_id=list("ABCDEFG"), order_id=["1", "2", "3", "4", "5", "6", "C7"])
+    v = validate("transactions", frame, AS_OF, cancellation_prefix="C")
+    assert v.flagged == {"cancellation_rows_read": 1, "return_rows_read": 2}
+    assert list(v.kept["is_return"]) == [False, False, False, True, False, False, True]
+
+
+def test_wrong_type_column_is_an_error_naming_file_column_and_rows() -> None:
+    frame = tx(amount=["a", "b", "c", "d", "1", "2", "e"])
+    with pytest.raises(InputError) as err:
+        validate("transactions", frame, AS_OF, source="sales.csv")
+    assert "column 'amount' in file sales.csv has the wrong type: 5 of 7 values" in str(err.value)
+    assert "read.decimal" in str(err.value)
+
+
+def test_dates_with_a_format_and_decimal_comma() -> None:
+    frame = pd.DataFrame({"customer_id": ["A"], "order_id": ["1"], "order_date": ["31/01/2025"],
+                          "amount": ["1.234,50"]})
+    v = validate("transactions", frame, AS_OF, read={"date_format": "%d/%m/%Y", "decimal": ",", "thousands": "."})
+    assert v.kept["amount"].iloc[0] == pytest.approx(1234.5)
+    assert v.kept["order_date"].iloc[0] == pd.Timestamp("2025-01-31")
+
+
+def test_all_rows_rejected_is_an_error() -> None:
+    frame = tx(customer_id=[None] * 7)
+    with pytest.raises(InputError, match=r"every one of the 7 rows of file f.csv was rejected \(missing customer_id: 7"):
+        validate("transactions", frame, AS_OF, source="f.csv")
+
+
+def test_customers_consents_and_duplicates() -> None:
+    frame = pd.DataFrame({"customer_id": ["A", "B", "B", "C"], "consent_email": ["yes", "0", "1", "maybe"],
+                          "signup_date": ["2024-01-01", "x", "2024-01-01", None], "segment_code": ["p", "q", "r", "s"]})
+    v = validate("customers", frame, AS_OF)
+    assert v.reasons == {"duplicate customer_id": 1}
+    assert list(v.kept["consent_email"].astype(object)) == [True, False, pd.NA]
+    assert v.coerced == {"consent_email": 1, "signup_date": 1}
+    assert "segment_code" in v.kept.columns
+
+
+def test_contacts_group_values_checked() -> None:
+    frame = pd.DataFrame({"campaign_id": ["c"] * 4, "group": ["treatment", "Control", "holdout", "control"],
+                          "customer_id": ["1", "2", "3", "4"]})
+    v = validate("contacts", frame, AS_OF)
+    assert v.reasons == {"group not one of treatment, control": 1}
+    assert list(v.kept["group"]) == ["treatment", "control", "control"]
+    with pytest.raises(InputError, match=r"none of the 2 values is one of treatment, control.*values.group"):
+        validate("contacts", pd.DataFrame({"campaign_id": ["c", "c"], "group": ["A", "B"]}), AS_OF)
+
+
+def test_ids_read_as_floats_lose_the_decimal() -> None:
+    frame = pd.DataFrame({"customer_id": [12346.0, 12347.0], "order_id": ["1", "2"],
+                          "order_date": pd.to_datetime(["2025-01-01", "2025-01-02"]), "amount": [1.0, 2.0]})
+    v = validate("transactions", frame, AS_OF)
+    assert list(v.kept["customer_id"]) == ["12346", "12347"]
