@@ -105,6 +105,10 @@ def _validate(candidates: pd.DataFrame, customer_col: str, date_col: str) -> Non
         if bad:
             raise InputError(f"candidates: column '{col}' has {bad} missing or non-numeric rows; fill them "
                              "(e.g. value 0 for customers without an uplift score).")
+    for col in need[:4]:
+        bad = int(candidates[col].isna().sum())
+        if bad:
+            raise InputError(f"candidates: column '{col}' has {bad} missing rows; every candidate needs it.")
     neg = int((candidates["cost"].to_numpy(dtype=float) < 0).sum())
     if neg:
         raise InputError(f"candidates: column 'cost' has {neg} negative rows; contact costs must be >= 0.")
@@ -143,15 +147,9 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
         raise InputError(f"constraints: negative capacity for {[n for n, c in zip(names, caps) if c < 0]}.")
     m = len(names)
     r_offer = offer_res[offer_codes]
-    r_chan = chan_date_res[chan_codes, date_codes]
-    r_offer = np.where(r_offer < 0, m, r_offer)
-    r_chan = np.where(r_chan < 0, m, r_chan)
-
-    # rows that can never be chosen: value <= 0, or a resource too small for one contact
-    cap_ext = np.append(capacity, np.inf)
-    keep = (value_all > 0) & (cap_ext[r_offer] >= 1) & (cap_ext[r_chan] >= 1)
-    if budget is not None:
-        keep &= cost_all <= capacity[budget]
+    r_chan = chan_date_res.ravel()[chan_codes.astype(np.int64) * len(dates) + date_codes]
+    r_offer[r_offer < 0] = m
+    r_chan[r_chan < 0] = m
 
     if isinstance(constraints.max_per_customer, pd.Series):
         caps_c = constraints.max_per_customer.reindex(customers)
@@ -162,20 +160,27 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
         customer_cap = caps_c.to_numpy(dtype=float).astype(np.int64)
     else:
         customer_cap = np.full(len(customers), int(constraints.max_per_customer), dtype=np.int64)
-    keep &= customer_cap[cust_codes] > 0
 
-    rows = np.flatnonzero(keep)
-    prio = (candidates["priority"].to_numpy(dtype=float)[rows] if "priority" in candidates.columns
-            else np.zeros(len(rows)))
-    rows = rows[np.lexsort((prio, date_codes[rows], cust_codes[rows]))]
-    cust, date = cust_codes[rows], date_codes[rows]
-    gkey = cust.astype(np.int64) * max(len(dates), 1) + date
+    # rows that can never be chosen get value -inf: value <= 0, no room for one contact, customer cap 0
+    cap_ext = np.append(capacity, np.inf)
+    keep = (value_all > 0) & (cap_ext[r_offer] >= 1) & (cap_ext[r_chan] >= 1) & (customer_cap[cust_codes] > 0)
+    if budget is not None:
+        keep &= cost_all <= capacity[budget]
+    value_all = np.where(keep, value_all, -np.inf)
+
+    # groups = (customer, contact date); rows sorted by group, then priority (ties in value go to the first row)
+    gkey = cust_codes.astype(np.int64) * max(len(dates), 1) + date_codes
+    if "priority" in candidates.columns or (len(gkey) > 1 and (gkey[1:] < gkey[:-1]).any()):
+        prio = (candidates["priority"].to_numpy(dtype=float) if "priority" in candidates.columns
+                else np.zeros(len(gkey)))
+        rows = np.lexsort((prio, gkey))
+        gkey = gkey[rows]
+    else:
+        rows = np.arange(len(gkey))
     new = np.r_[True, gkey[1:] != gkey[:-1]] if len(rows) else np.zeros(0, bool)
     starts = np.flatnonzero(new)
     sizes = np.diff(np.r_[starts, len(rows)])
     width = int(sizes.max()) if len(sizes) else 1
-    group = np.cumsum(new) - 1
-    pos = np.arange(len(rows)) - starts[group]
 
     slot_key = r_offer[rows] * (m + 1) + r_chan[rows]
     slot_vals = np.flatnonzero(np.bincount(slot_key, minlength=(m + 1) ** 2))
@@ -187,12 +192,15 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
         cost = cost_all[rows].reshape(shape)
         slot = slot_index[slot_key].reshape(shape)
     else:
+        group = np.repeat(np.arange(len(starts)), sizes)
+        pos = np.arange(len(rows)) - starts[group]
         value = np.full(shape, -np.inf)
         cost = np.zeros(shape)
         slot = np.zeros(shape, dtype=np.int32)
         value[group, pos] = value_all[rows]
         cost[group, pos] = cost_all[rows]
         slot[group, pos] = slot_index[slot_key]
+    cust = cust_codes[rows]
     return _Problem(rows=rows, value=value, cost=cost, slot=slot, starts=starts, group_customer=cust[starts],
                     customer_cap=customer_cap, n_customers=len(customers),
                     slot_offer=slot_vals // (m + 1), slot_channel=slot_vals % (m + 1),
@@ -254,72 +262,99 @@ def _top_k(p: _Problem, best: np.ndarray) -> np.ndarray:
     return take & ok
 
 
-def _repair(p: _Problem, g: np.ndarray, j: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _consumption(p: _Problem, g: np.ndarray, j: np.ndarray, k: int) -> np.ndarray:
+    """Units of resource `k` used by each of the given cells."""
+    if k == p.budget:
+        return p.cost[g, j]
+    s = p.slot[g, j]
+    return ((p.slot_offer[s] == k) | (p.slot_channel[s] == k)).astype(float)
+
+
+def _running_count(keys: np.ndarray) -> np.ndarray:
+    """For each position, how many positions up to and including it carry the same key."""
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    out = np.empty(len(keys), dtype=np.int64)
+    out[order] = np.arange(1, len(keys) + 1) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    return out
+
+
+def _repair(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop chosen rows until every coupling constraint holds: least valuable first (value per cost for the budget)."""
     keep = np.ones(len(g), bool)
-    order_k = [k for k in range(p.m) if k != p.budget] + ([p.budget] if p.budget is not None else [])
-    use = _row_usage(p, g, j).tocsc()
     val = p.value[g, j]
+    used = _usage(p, g, j)
+    order_k = [k for k in range(p.m) if k != p.budget] + ([p.budget] if p.budget is not None else [])
     for k in order_k:
-        a = use[:, k].toarray().ravel() * keep
+        if used[k] <= p.capacity[k] + 1e-9:
+            continue
+        a = _consumption(p, g, j, k) * keep
         excess = a.sum() - p.capacity[k]
         if excess <= 1e-9:
             continue
         score = val / np.maximum(a, 1e-12) if k == p.budget else val
         idx = np.flatnonzero(a > 0)
         idx = idx[np.argsort(score[idx], kind="stable")]
-        cum = np.cumsum(a[idx])
-        n_drop = int(np.searchsorted(cum, excess - 1e-9)) + 1
+        n_drop = int(np.searchsorted(np.cumsum(a[idx]), excess - 1e-9)) + 1
         keep[idx[:n_drop]] = False
     return g[keep], j[keep]
 
 
 def _fill(p: _Problem, g: np.ndarray, j: np.ndarray, max_rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Greedily add the most valuable rows that still fit, in vectorised rounds, until nothing more fits."""
+    """Greedily add the most valuable rows that still fit, in vectorised rounds, until nothing more fits.
+
+    In a round every open (customer, date) takes its best row among those whose resources have room; rows are accepted
+    in order of value while the running use of each resource, counting all earlier rows of the round, fits.
+    """
     taken = np.zeros(len(p.starts), bool)
     taken[g] = True
     count = np.bincount(p.group_customer[g], minlength=p.n_customers)
+    several_dates = bool((np.bincount(p.group_customer, minlength=p.n_customers) > 1).any())
     gs, js = [g], [j]
     remaining = p.capacity - _usage(p, g, j)
+    pool = np.flatnonzero(~taken)
     for _ in range(max_rounds):
-        open_g = np.flatnonzero(~taken & (count[p.group_customer] < p.customer_cap[p.group_customer]))
+        open_g = pool[count[p.group_customer[pool]] < p.customer_cap[p.group_customer[pool]]]
         if not len(open_g):
             break
         rem_ext = np.append(remaining, np.inf)
         fits = (rem_ext[p.slot_offer] >= 1) & (rem_ext[p.slot_channel] >= 1)
         v = np.where(fits[p.slot[open_g]], p.value[open_g], -np.inf)
         if p.budget is not None:
-            v = np.where(p.cost[open_g] <= remaining[p.budget] + 1e-9, v, -np.inf)
+            v[p.cost[open_g] > remaining[p.budget] + 1e-9] = -np.inf
         jj = np.argmax(v, axis=1)
         best = v[np.arange(len(jj)), jj]
         ok = best > 0
         cand_g, cand_j, best = open_g[ok], jj[ok], best[ok]
         if not len(cand_g):
             break
+        pool = cand_g   # room only shrinks: groups with nothing that fits now never get anything later
         order = np.argsort(-best, kind="stable")
         cand_g, cand_j = cand_g[order], cand_j[order]
-        _, first = np.unique(p.group_customer[cand_g], return_index=True)
-        one = np.zeros(len(cand_g), bool)
-        one[first] = True
-        cand_g, cand_j = cand_g[one], cand_j[one]
-        use = _row_usage(p, cand_g, cand_j).tocsc()
-        accept = np.ones(len(cand_g), bool)
-        for k in range(p.m):
-            a = use[:, k].toarray().ravel()
-            accept &= (a == 0) | (np.cumsum(a) <= remaining[k] + 1e-9)
+        if several_dates:   # one new contact per customer per round, so customer caps hold
+            _, first = np.unique(p.group_customer[cand_g], return_index=True)
+            first.sort()
+            cand_g, cand_j = cand_g[first], cand_j[first]
+        s = p.slot[cand_g, cand_j]
+        ro, rc = p.slot_offer[s], p.slot_channel[s]
+        accept = (rem_ext[ro] >= _running_count(ro)) & (rem_ext[rc] >= _running_count(rc))
+        if p.budget is not None:
+            accept &= np.cumsum(p.cost[cand_g, cand_j]) <= remaining[p.budget] + 1e-9
         if not accept.any():
             break
         ag, aj = cand_g[accept], cand_j[accept]
         taken[ag] = True
+        pool = pool[~taken[pool]]
         np.add.at(count, p.group_customer[ag], 1)
         remaining = remaining - _usage(p, ag, aj)
         gs.append(ag), js.append(aj)
     return np.concatenate(gs), np.concatenate(js)
 
 
-def _primal(p: _Problem, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    g, j, _ = _relaxed(p, lam)
-    g, j = _fill(p, *_repair(p, g, j, lam))
+def _primal(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A feasible plan from the relaxed choice: repair, then fill spare room."""
+    g, j = _fill(p, *_repair(p, g, j))
     return g, j, float(p.value[g, j].sum())
 
 
@@ -414,29 +449,29 @@ def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_
         picked[rng.choice(p.n_customers, sample_customers, replace=False)] = True
         scale = sample_customers / p.n_customers
     _, _, _, lam = _lp(p, np.flatnonzero(picked[p.group_customer]), scale, integer=False)
-    best_g, best_j, best_val = _primal(p, lam)
-    _, _, bound = _relaxed(p, lam)
-    best_lam = lam.copy()
+    g, j, bound = _relaxed(p, lam)
+    lam0 = best_lam = lam
+    relaxed_at_best = (g, j)
+    best_g, best_j, best_val = _primal(p, g, j)
+    value = bound
     norm = np.where(p.capacity > 0, p.capacity, 1.0)
     theta, stall = 1.0, 0
     for _ in range(iterations):
         if bound - best_val <= tol * bound:
             break
+        grad = 1.0 - _usage(p, g, j) / norm   # derivative of the dual value wrt normalised multipliers
+        if grad @ grad <= 1e-18:
+            break
+        lam = np.maximum(lam * norm - theta * (value - best_val) / (grad @ grad) * grad, 0.0) / norm
         g, j, value = _relaxed(p, lam)
         if value < bound - 1e-9:
-            bound, best_lam, stall = value, lam.copy(), 0
+            bound, best_lam, relaxed_at_best, stall = value, lam, (g, j), 0
         else:
             stall += 1
             if stall >= 3:
                 theta, stall = theta / 2, 0
-        grad = 1.0 - _usage(p, g, j) / norm   # derivative of the dual value wrt normalised multipliers
-        gg = grad @ grad
-        if gg <= 1e-18:
-            break
-        mu = lam * norm - theta * (value - best_val) / gg * grad
-        lam = np.maximum(mu, 0.0) / norm
-    if not np.array_equal(best_lam, lam):
-        g, j, val = _primal(p, best_lam)
+    if best_lam is not lam0:
+        cand_g, cand_j, val = _primal(p, *relaxed_at_best)
         if val > best_val:
-            best_g, best_j, best_val = g, j, val
+            best_g, best_j, best_val = cand_g, cand_j, val
     return _result(p, candidates, best_g, best_j, bound, best_lam, "lagrangian", t0)

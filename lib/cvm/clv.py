@@ -163,12 +163,28 @@ def _standard_errors(grad_natural: Callable[[np.ndarray], np.ndarray], theta: np
 # ---------------------------------------------------------------------------------------------------- BG/NBD
 
 
+def _factorize_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact identical-row grouping: (index of one row per group, group of every row). Each column is factorised with
+    a 1-D sort and the codes combined into one int64 key, which is much faster than np.unique(axis=0)."""
+    key = np.zeros(len(cols[0]), dtype=np.int64)
+    size = 1
+    for col in cols:
+        uniq, code = np.unique(col, return_inverse=True)
+        if size * len(uniq) >= 2**62:  # cannot happen below ~2 billion rows per column; fall back to the slow path
+            _, first, inverse = np.unique(np.column_stack(cols), axis=0, return_index=True, return_inverse=True)
+            return first, inverse.ravel()
+        key = key * len(uniq) + code.ravel()
+        size *= len(uniq)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
+
+
 def _collapse(*cols: np.ndarray, weights: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Exact collapse of identical rows into weights (np.unique on rows)."""
-    rows, inverse = np.unique(np.column_stack(cols), axis=0, return_inverse=True)
-    w = np.bincount(inverse.ravel(), weights=weights, minlength=len(rows))
+    """Exact collapse of identical rows into weights."""
+    first, inverse = _factorize_rows(*cols)
+    w = np.bincount(inverse, weights=weights, minlength=len(first))
     keep = w > 0
-    return [rows[keep, j] for j in range(rows.shape[1])], w[keep]
+    return [col[first][keep] for col in cols], w[keep]
 
 
 def _bgnbd_terms(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray,
@@ -244,40 +260,50 @@ def bgnbd_p_alive(fit: BGNBDFit, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> 
     return np.where(pos, special.expit(-log_ratio), 1.0)
 
 
+def _beta_nodes(a: float, b: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes and normalised weights for p ~ Beta(a, b): Gauss-Jacobi while scipy's recursion is stable,
+    else the trapezoid rule in s = log p (smooth, fast-decaying integrand; (1 - p)^(b-1) makes p -> 1 negligible)."""
+    if b <= 150:
+        p, w = special.roots_sh_jacobi(nodes, a + b - 1, a)
+        return p, w / w.sum()
+    s = np.linspace(-60.0 / min(a, 1.0), np.log1p(-1e-12), 1601)
+    log_w = a * s + (b - 1) * np.log1p(-np.exp(s))
+    w = np.exp(log_w - log_w.max())
+    return np.exp(s), w / w.sum()
+
+
 def _alive_expectation_quadrature(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray,
                                   nodes: int = 40) -> np.ndarray:
     """E[purchases in (T, T+t] | alive, x, T] = E_p[(1 - (1 + p t/(alpha+T))^-(r+x)) / p], p ~ Beta(a, b+x), by
-    Gauss-Jacobi quadrature: the fallback where hyp2f1 fails (and valid for a <= 1)."""
+    quadrature: the fallback where hyp2f1 fails (and valid for a = 1)."""
     out = np.empty_like(t)
     for ux in np.unique(x):
         sel = x == ux
-        p_nodes, wts = special.roots_sh_jacobi(nodes, fit.a + fit.b + ux - 1, fit.a)
-        wts = wts / wts.sum()
+        p_nodes, wts = _beta_nodes(fit.a, fit.b + ux, nodes)
         c = t[sel, None] / (fit.alpha + T[sel, None])
-        k = fit.r + ux
-        vals = -np.expm1(-k * np.log1p(p_nodes[None, :] * c)) / p_nodes[None, :]
+        vals = -np.expm1(-(fit.r + ux) * np.log1p(p_nodes[None, :] * c)) / p_nodes[None, :]
         out[sel] = vals @ wts
     return out
 
 
 def _alive_expectation(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
     """Expected purchases in (T, T+t] for a customer alive at T, via hyp2f1 (FHL 2005 eq. 10 without the P(alive)
-    factor), with a quadrature fallback on the rows where hyp2f1 fails or a is close to 1."""
+    factor), computed once per distinct (t, x, T), with a quadrature fallback where hyp2f1 fails or a is near 1."""
+    first, inverse = _factorize_rows(t, x, T)
+    t, x, T = t[first], x[first], T[first]
     r, alpha, a, b = fit.r, fit.alpha, fit.a, fit.b
-    z = t / (alpha + T + t)
     if abs(a - 1) < 1e-3:
-        return _alive_expectation_quadrature(fit, t, x, T)
+        return _alive_expectation_quadrature(fit, t, x, T)[inverse]
     with np.errstate(all="ignore"):
-        h = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
+        h = special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
         log_pow = (r + x) * (np.log(alpha + T) - np.log(alpha + T + t))
         val = (a + b + x - 1) / (a - 1) * (1 - np.exp(log_pow) * h)
     # sanity bounds: 0 <= E <= E[Poisson count with posterior-mean rate] (an upper bound: dropout only lowers it)
     upper = (r + x) / (alpha + T) * t
     bad = ~np.isfinite(val) | (val < -1e-9) | (val > upper * (1 + 1e-6) + 1e-9)
     if bad.any():
-        val = val.copy()
         val[bad] = _alive_expectation_quadrature(fit, t[bad], x[bad], T[bad])
-    return np.clip(val, 0.0, None)
+    return np.clip(val, 0.0, None)[inverse]
 
 
 def bgnbd_expected_purchases(fit: BGNBDFit, t: float | ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
@@ -315,15 +341,21 @@ def bgnbd_next_purchase(fit: BGNBDFit, x: ArrayLike, T: ArrayLike, as_of: str | 
 # ---------------------------------------------------------------------------------------------------- Gamma-Gamma
 
 
-def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, w: np.ndarray, ux: np.ndarray, ix: np.ndarray
+              ) -> tuple[float, np.ndarray]:
+    """Gamma-Gamma log-likelihood and gradient in natural parameters; terms of x alone computed once per distinct x."""
     p, q, g = params
-    px = p * x
+    pux = p * ux
+    dig = special.digamma(pux + q)
+    lg = special.gammaln(pux + q) - special.gammaln(pux) - special.gammaln(q) + q * np.log(g) + pux * np.log(ux)
+    d_p = ux * (dig - special.digamma(pux) + np.log(ux))
+    d_q = dig - special.digamma(q) + np.log(g)
+    px = pux[ix]
+    log_z = np.log(z)
     log_gxz = np.log(g + x * z)
-    ll_i = (special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * np.log(g)
-            + (px - 1) * np.log(z) + px * np.log(x) - (px + q) * log_gxz)
-    dig = special.digamma(px + q)
-    g_p = x * (dig - special.digamma(px) + np.log(z) + np.log(x) - log_gxz)
-    g_q = dig - special.digamma(q) + np.log(g) - log_gxz
+    ll_i = lg[ix] + (px - 1) * log_z - (px + q) * log_gxz
+    g_p = d_p[ix] + x * (log_z - log_gxz)
+    g_q = d_q[ix] - log_gxz
     g_g = q / g - (px + q) / (g + x * z)
     return float(np.dot(w, ll_i)), np.array([np.dot(w, g_p), np.dot(w, g_q), np.dot(w, g_g)])
 
@@ -350,17 +382,18 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike, weights: ArrayL
     if len(x) < 10:
         raise InputError(f"fit_gamma_gamma: only {len(x)} customers with repeat purchases; need at least 10.")
     (x, z), w = _collapse(x, z, weights=w)
+    ux, ix = np.unique(x, return_inverse=True)
     total = float(w.sum())
 
     def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         params = np.exp(theta)
-        ll, grad = _gg_terms(params, x, z, w)
+        ll, grad = _gg_terms(params, x, z, w, ux, ix)
         return -ll, -grad * params
 
     res = _maximise(neg_ll, np.log([1.0, 1.0, float(np.average(z, weights=w))]), total)
     est = np.exp(res.x)
-    ll, _ = _gg_terms(est, x, z, w)
-    se = _standard_errors(lambda p: -_gg_terms(p, x, z, w)[1], est, ["p", "q", "gamma"])
+    ll, _ = _gg_terms(est, x, z, w, ux, ix)
+    se = _standard_errors(lambda p: -_gg_terms(p, x, z, w, ux, ix)[1], est, ["p", "q", "gamma"])
     return GammaGammaFit(*map(float, est), log_likelihood=ll, se=se, converged=bool(res.success),
                          n_customers=int(total), iterations=int(res.nit), message=str(res.message))
 

@@ -55,7 +55,9 @@ TRANSACTIONS = Table(
     "One row per order line (or per order). Negative amount or quantity is a return.",
     (
         Column("customer_id", "id", True, "Customer identifier, the key shared by every table", "C000123"),
-        Column("order_id", "id", True, "Order or invoice number; a configured prefix marks cancellations", "O0004711"),
+        Column("order_id", "id", False,
+               "Order or invoice number; a configured prefix marks cancellations. When the file has none, every "
+               "row is one order", "O0004711"),
         Column("order_date", "date", True, "Date (and time) of the order", "2025-03-14 10:32:00"),
         Column("amount", "float", True,
                "Net line value in the reporting currency; negative for returns. When absent it is "
@@ -167,3 +169,20 @@ def markdown() -> str:
         parts.append("\nExample row:\n\n```csv\n" + ",".join(c.name for c in table.columns) + "\n"
                      + ",".join(str(c.example) for c in table.columns) + "\n```\n")
     return "\n".join(parts)
+
+
+def pandera_schema(table: str):
+    """The typed form of a contract table, as a pandera schema: what every validated table is checked against."""
+    import pandera.pandas as pa
+
+    checks = {"date": pa.Column("datetime64[us]", nullable=True), "float": pa.Column(float, nullable=True),
+              "int": pa.Column(float, nullable=True), "bool": pa.Column("boolean", nullable=True)}
+    columns = {}
+    for c in TABLES[table].columns:
+        if c.kind in checks:
+            col = checks[c.kind]
+            columns[c.name] = pa.Column(col.dtype, nullable=not c.required, required=False)
+        else:
+            allowed = [pa.Check.isin(list(c.allowed))] if c.allowed else []
+            columns[c.name] = pa.Column("string", checks=allowed, nullable=not c.required, required=False)
+    return pa.DataFrameSchema(columns, strict=False, name=table)

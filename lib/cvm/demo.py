@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import yaml
 
-from cvm.contract import CAMPAIGN_TYPES, CHANNELS
+from cvm.contract import CAMPAIGN_TYPES, CHANNELS, GROUPS
 from cvm.errors import InputError
 
 RULES_PATH = Path(__file__).parent / "rules" / "demo.yaml"
@@ -44,6 +45,7 @@ CHUNK = 200_000  # customers generated per chunk (fixed: part of the seed contra
 DAY_US = 86_400_000_000
 WEEK_DAYS = 7.0
 MAX_CUSTOMERS = 9_999_999  # customer ids have seven digits
+CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="needed")
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,31 @@ def load_rules(path: Path = RULES_PATH) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- small helpers
-def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """prefix + zero-padded numbers, built in Arrow (no Python string per row)."""
-    digits = pc.utf8_lpad(pc.cast(pa.array(numbers, pa.int64()), pa.string()), width=width, padding="0")
-    return pc.binary_join_element_wise(prefix, digits, "")
+def _ids(prefix: str, numbers: np.ndarray, width: int, suffix: str = "") -> pa.Array:
+    """prefix + zero-padded numbers + suffix as an Arrow string array, written straight into its buffers (no Python
+    string per row)."""
+    head, tail = np.frombuffer(prefix.encode(), np.uint8), np.frombuffer(suffix.encode(), np.uint8)
+    n, w = len(numbers), len(head) + width + len(tail)
+    data = np.empty((n, w), dtype=np.uint8)
+    data[:, :len(head)] = head
+    data[:, w - len(tail):] = tail
+    num = np.asarray(numbers, dtype=np.int64).copy()
+    for k in range(len(head) + width - 1, len(head) - 1, -1):
+        data[:, k] = 48 + num % 10
+        num //= 10
+    offsets = np.arange(n + 1, dtype=np.int64) * w
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)).cast(pa.string())
+
+
+def _labels(names: list[str] | tuple[str, ...], codes: np.ndarray) -> pa.Array:
+    """Category names for integer codes (negative code = null)."""
+    codes = np.asarray(codes)
+    return pa.array(list(names), pa.string()).take(pa.array(codes, pa.int64(), mask=codes < 0))
+
+
+def _days(day_numbers: np.ndarray) -> pa.Array:
+    """Calendar dates from day numbers since 1970-01-01."""
+    return pa.array(np.asarray(day_numbers, dtype=np.int32), pa.int32()).cast(pa.date32())
 
 
 def _choice(rng: np.random.Generator, shares: dict[str, float] | list[float], size: int) -> np.ndarray:
@@ -160,8 +183,8 @@ def _draw_outcomes(rng: np.random.Generator, p_control: np.ndarray, p_treated: n
 # ---------------------------------------------------------------------------------------------------- one chunk
 @dataclass
 class _Chunk:
-    customers: pd.DataFrame
-    loyalty: pd.DataFrame
+    customers: pa.Table
+    loyalty: pa.Table
     transactions: pa.Table
     contacts: pa.Table
     truth: pa.Table
@@ -227,20 +250,17 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     n_orders_c = np.bincount(owner, minlength=m)
     ostarts = np.cumsum(n_orders_c) - n_orders_c
     hour = np.where(rng.random(len(day)) < 0.5, rng.normal(12.5, 2.5, len(day)), rng.normal(19.0, 2.0, len(day)))
-    ts = day * DAY_US + (np.clip(hour, 7.0, 22.99) * 3_600_000_000).astype(np.int64)
+    ts = day * DAY_US + (np.clip(hour, 7.0, 22.99) * 3600).astype(np.int64) * 1_000_000
     first_ts = ts[ostarts]
     last_ts = ts[ostarts + n_orders_c - 1]
     dropout_ts = np.where(alive, np.iinfo(np.int64).max, last_ts)
     # --- customer attributes
     acq = rules["acquisition"]
-    acq_names = list(acq["channels"])
     acq_ch = _choice(rng, {k: v["share"] for k, v in acq["channels"].items()}, m)
-    mean_cost = np.array([acq["channels"][k]["cost"] for k in acq_names])[acq_ch]
+    mean_cost = np.array([v["cost"] for v in acq["channels"].values()])[acq_ch]
     cost = np.round(mean_cost * rng.lognormal(-acq["cost_cv"] ** 2 / 2, acq["cost_cv"], m), 2)
-    regions = list(rules["regions"])
     region = _choice(rng, rules["regions"], m)
     home_store = region * rules["stores_per_region"] + rng.integers(0, rules["stores_per_region"], m)
-    genders = list(rules["genders"])
     gender = _choice(rng, rules["genders"], m)
     by = rules["birth_year"]
     birth = np.clip(np.round(rng.normal(by["mean"], by["sd"], m)), by["min"], by["max"]).astype(np.int64)
@@ -249,94 +269,86 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     signup_day = np.floor(t0 - np.where(same_day, 0.0, rng.exponential(acq["signup_mean_days_before"], m)))
     preferred = _choice(rng, rules["sales_channels"], m)
     cid = _ids("C", gidx + 1, 7)
-    customers = pd.DataFrame({
-        "customer_id": cid.to_pandas(),
-        "signup_date": pd.to_datetime(signup_day.astype(np.int64), unit="D").strftime("%Y-%m-%d"),
-        "acquisition_channel": np.array(acq_names)[acq_ch], "acquisition_cost": cost,
-        "region": np.array(regions)[region], "birth_year": birth, "gender": np.array(genders)[gender],
+    customers = pa.table({
+        "customer_id": cid, "signup_date": _days(signup_day), "acquisition_channel": _labels(list(acq["channels"]),
+                                                                                             acq_ch),
+        "acquisition_cost": cost, "region": _labels(list(rules["regions"]), region), "birth_year": birth,
+        "gender": _labels(list(rules["genders"]), gender),
         **{f"consent_{c}": consent[k] for k, c in enumerate(CHANNELS)},
-        "email": pc.binary_join_element_wise(pc.utf8_lower(cid), "@example.com", "").to_pandas(),
-        "phone": _ids("+44 7700 9", (gidx * 7919) % 100_000, 5).to_pandas(),
+        "email": _ids("c", gidx + 1, 7, "@example.com"), "phone": _ids("+44 7700 9", (gidx * 7919) % 100_000, 5),
     })
-    # --- orders and lines
+    # --- orders (Gamma-Gamma value, promotion, sales channel) and their lines
     n_ord = len(ts)
-    o_owner = owner
-    value = rng.gamma(gg["p"], 1.0 / nu[o_owner])
+    value = rng.gamma(gg["p"], 1.0 / nu[owner])
     promo = rules["promo"]
     promo_rate = np.where(rng.random(n_ord) < promo["share"],
                           np.array(promo["rates"])[rng.integers(0, len(promo["rates"]), n_ord)], 0.0)
-    sales = np.where(rng.random(n_ord) < rules["channel_loyalty"], preferred[o_owner],
+    sales = np.where(rng.random(n_ord) < rules["channel_loyalty"], preferred[owner],
                      rng.integers(0, len(SALES_CHANNELS), n_ord))
     n_lines = 1 + _choice(rng, rules["lines_per_order"], n_ord)
     l_order = np.repeat(np.arange(n_ord), n_lines)
-    lstarts = np.cumsum(n_lines) - n_lines
     cats = rules["categories"]
-    cat_names = list(cats)
     n_l = len(l_order)
     cat = _choice(rng, {k: v["share"] for k, v in cats.items()}, n_l)
-    weight = np.array([cats[k]["price"] for k in cat_names])[cat] * rng.gamma(2.0, 1.0, n_l)
-    amount = np.round(value[l_order] * weight / np.add.reduceat(weight, lstarts)[l_order], 2)
+    weight = np.array([v["price"] for v in cats.values()])[cat] * rng.gamma(2.0, 1.0, n_l)
+    amount = np.round(value[l_order] * weight / np.add.reduceat(weight, np.cumsum(n_lines) - n_lines)[l_order], 2)
     quantity = (1 + _choice(rng, rules["quantity"], n_l)).astype(float)
-    n_products = np.array([cats[k]["products"] for k in cat_names])
-    product = cat * 1000 + np.floor(n_products[cat] * rng.random(n_l) ** 2.5).astype(np.int64)
-    l_owner = o_owner[l_order]
-    is_bulk = np.isin(gidx, bulk)[l_owner]
-    factor = rng.integers(rules["anomalies"]["bulk_factor"][0], rules["anomalies"]["bulk_factor"][1] + 1, n_l)
-    quantity = np.where(is_bulk, quantity * factor, quantity)
-    amount = np.where(is_bulk, np.round(amount * factor, 2), amount)
+    n_products = np.array([v["products"] for v in cats.values()])
+    skew = rng.random(n_l)
+    product = cat * 1000 + (n_products[cat] * skew * skew).astype(np.int64)
+    l_owner = owner[l_order]
+    an = rules["anomalies"]
+    factor = rng.integers(an["bulk_factor"][0], an["bulk_factor"][1] + 1, n_l)
+    factor = np.where(np.isin(gidx, bulk)[l_owner], factor, 1)
+    quantity, amount = quantity * factor, np.round(amount * factor, 2)
     rate = promo_rate[l_order]
     discount = np.round(amount * rate / (1.0 - rate), 2)
-    # --- returns
-    ret_p = np.array([cats[k]["return_rate"] for k in cat_names])[cat]
-    ret_p = np.where(np.isin(gidx, returners)[l_owner], rules["anomalies"]["returner_rate"], ret_p)
-    r_days = rng.uniform(rules["returns"]["min_days"], rules["returns"]["max_days"], n_l)
-    r_ts = ts[l_order] + (r_days * DAY_US).astype(np.int64)
-    returned = (rng.random(n_l) < ret_p) & (r_ts < as_of_us)
-    # --- transactions table (sales then returns, sorted by customer and time)
-    order_no = order_offset + 1 + l_order
-    ri = np.flatnonzero(returned)
-    all_owner = np.concatenate([l_owner, l_owner[ri]])
-    all_ts = np.concatenate([ts[l_order], r_ts[ri]])
-    sort = np.lexsort((np.arange(len(all_ts)), all_ts, all_owner))
-    oid = pa.concat_arrays([_ids("O", order_no, 9), _ids("RO", order_no[ri], 9)])
-    store_names = _ids("S", np.arange(1, len(regions) * rules["stores_per_region"] + 1), 3)
-    l_sales = sales[l_order]
-    store = pa.array(np.where(l_sales == SALES_CHANNELS.index("store"), home_store[l_owner], -1), pa.int64())
-    store = store_names.take(pc.if_else(pc.equal(store, -1), pa.scalar(None, pa.int64()), store))
+    # --- returns: whole lines, some days later, only when before as_of
+    ret_p = np.array([v["return_rate"] for v in cats.values()])[cat]
+    ret_p = np.where(np.isin(gidx, returners)[l_owner], an["returner_rate"], ret_p)
+    ri = np.flatnonzero(rng.random(n_l) < ret_p)
+    r_ts = ts[l_order[ri]] + (rng.uniform(rules["returns"]["min_days"], rules["returns"]["max_days"], len(ri))
+                              * 86_400).astype(np.int64) * 1_000_000
+    ri, r_ts = ri[r_ts < as_of_us], r_ts[r_ts < as_of_us]
+    # --- transactions: sales then returns, sorted by customer and time
+    row = np.concatenate([np.arange(n_l), ri])
+    is_return = np.arange(len(row)) >= n_l
+    row_ts = np.concatenate([ts[l_order], r_ts])
+    sort = np.argsort(l_owner[row] * (1 << 34) + row_ts // 1_000_000 - as_of_us // 1_000_000 + (1 << 33),
+                      kind="stable")
+    row, is_return, row_ts = row[sort], is_return[sort], row_ts[sort]
+    sign = np.where(is_return, -1.0, 1.0)
+    # order ids: one per order, then "R" + id per returned line; each row takes its id from that dictionary
+    order_ids = pa.concat_arrays([_ids("O", order_offset + 1 + np.arange(n_ord), 9),
+                                  _ids("RO", order_offset + 1 + l_order[ri], 9)])
+    oid_index = np.where(is_return, n_ord + sort - n_l, l_order[row])
+    store = np.where(sales[l_order] == SALES_CHANNELS.index("store"), home_store[l_owner], -1)
     tx = pa.table({
-        "customer_id": cid.take(pa.array(all_owner)),
-        "order_id": oid,
-        "order_date": _dates(all_ts),
-        "amount": np.concatenate([amount, -amount[ri]]),
-        "quantity": np.concatenate([quantity, -quantity[ri]]),
-        "product_id": _ids("SKU-", np.concatenate([product, product[ri]]), 5),
-        "category": pa.array(np.array(cat_names)[np.concatenate([cat, cat[ri]])]),
-        "channel": pa.array(np.array(SALES_CHANNELS)[np.concatenate([l_sales, l_sales[ri]])]),
-        "discount": np.concatenate([discount, -discount[ri]]),
-        "store_id": pa.concat_arrays([store, store.take(pa.array(ri))]),
-    }).take(pa.array(sort))
-    # --- loyalty (more engaged customers join more often)
-    net = np.bincount(all_owner, weights=np.concatenate([amount, -amount[ri]]), minlength=m)
+        "customer_id": cid.take(pa.array(l_owner[row])), "order_id": order_ids.take(pa.array(oid_index)),
+        "order_date": _dates(row_ts), "amount": sign * amount[row], "quantity": sign * quantity[row],
+        "product_id": _ids("SKU-", np.arange(len(cats) * 1000), 5).take(pa.array(product[row])),
+        "category": _labels(list(cats), cat[row]), "channel": _labels(SALES_CHANNELS, sales[l_order][row]),
+        "discount": sign * discount[row] + 0.0,
+        "store_id": _labels([f"S{k + 1:03d}" for k in range(len(rules["regions"]) * rules["stores_per_region"])],
+                            store[row]),
+    })
+    # --- loyalty (more engaged customers join more often; tier and points from net spend)
+    net = np.bincount(l_owner[row], weights=sign * amount[row], minlength=m)
     loy = rules["loyalty"]
     member = rng.random(m) < np.minimum(loy["max_share"], loy["base"] + loy["per_order"] * n_orders_c)
     join_day = np.floor(t0 + rng.random(m) * (as_of_day - t0))
-    tiers = list(loy["tiers"])
-    tier = np.searchsorted(np.array(list(loy["tiers"].values()), dtype=float), net, side="right") - 1
+    tier = np.maximum(np.searchsorted(np.array(list(loy["tiers"].values()), float), net, side="right") - 1, 0)
     points = np.floor(np.maximum(net, 0) * (1.0 - rng.uniform(0, loy["redeemed_max"], m)))
-    loyalty = pd.DataFrame({
-        "customer_id": customers["customer_id"][member].to_numpy(),
-        "loyalty_tier": np.array(tiers)[np.maximum(tier, 0)][member],
-        "points_balance": points[member],
-        "loyalty_join_date": pd.to_datetime(join_day[member].astype(np.int64), unit="D").strftime("%Y-%m-%d"),
-    })
+    keep_m = pa.array(np.flatnonzero(member))
+    loyalty = pa.table({"customer_id": cid.take(keep_m), "loyalty_tier": _labels(list(loy["tiers"]), tier[member]),
+                        "points_balance": points[member], "loyalty_join_date": _days(join_day[member])})
     # --- truth and campaigns
     segment = _segments(lam, nu, rules)
     contacts = _contacts(rng, rules, campaigns, cid, lam, nu, segment, consent, ts, ostarts, n_orders_c,
                          first_ts, dropout_ts)
     truth = pa.table({
         "customer_id": cid, "lam": lam, "p_drop": p_drop, "alive_at_as_of": alive, "nu": nu,
-        "uplift_segment": pa.array(np.array(SEGMENTS)[segment]),
-        "first_purchase_date": _dates(first_ts),
+        "uplift_segment": _labels(SEGMENTS, segment), "first_purchase_date": _dates(first_ts),
         "dropout_date": pa.array(dropout_ts, pa.int64(), mask=alive).cast(pa.timestamp("us")),
     })
     return _Chunk(customers, loyalty, tx, contacts, truth, n_ord, merged)
@@ -366,44 +378,42 @@ def _contacts(rng: np.random.Generator, rules: dict[str, Any], campaigns: pd.Dat
         arm_k = rng.integers(0, len(arms), len(idx))
         treated = u >= spec["control"]
         discount = np.where(treated, np.array([d for _, d in arms])[arm_k], 0.0)
-        arm_name = np.where(treated, np.array([a for a, _ in arms])[arm_k], "control")
         alive = dropout_ts[idx] > c_us
         ch = np.full(len(idx), CHANNELS.index(camp.channel))
         ctype = np.full(len(idx), CAMPAIGN_TYPES.index(camp.type))
         p_c, p_t = _probabilities(lam[idx], segment[idx], alive, ctype, ch, discount, rules["response"])
         out = _draw_outcomes(rng, p_c, p_t, treated, ch, discount, nu[idx], rules["response"],
                              rules["gamma_gamma"]["p"])
+        zeros = np.zeros(len(idx), dtype=np.int64)
         parts.append(pa.table({
-            "customer_id": cid.take(pa.array(idx)), "campaign_id": pa.array([camp.campaign_id] * len(idx), pa.string()),
-            "arm": pa.array(arm_name, pa.string()),
-            "group": pa.array(np.where(treated, "treatment", "control"), pa.string()),
-            "channel": pa.array([camp.channel] * len(idx), pa.string()),
-            "contact_date": _dates(np.full(len(idx), c_us)), "discount_pct": discount, **out,
+            "customer_id": cid.take(pa.array(idx)), "campaign_id": _labels([camp.campaign_id], zeros),
+            "arm": _labels(["control"] + [a for a, _ in arms], np.where(treated, arm_k + 1, 0)),
+            "group": _labels(GROUPS, np.where(treated, GROUPS.index("treatment"), GROUPS.index("control"))),
+            "channel": _labels([camp.channel], zeros), "contact_date": _dates(np.full(len(idx), c_us)),
+            "discount_pct": discount, **out,
         }))
     return pa.concat_tables(parts)
 
 
 def _test_accounts(rules: dict[str, Any], rng: np.random.Generator, as_of_us: int,
-                   order_offset: int) -> tuple[pd.DataFrame, pa.Table]:
+                   order_offset: int) -> tuple[pa.Table, pa.Table]:
     """TEST0001...: internal test accounts with many tiny orders (several a day), test@ e-mails."""
     an = rules["anomalies"]
     k, n = an["test_accounts"], an["test_orders"]
-    ids = [f"TEST{i:04d}" for i in range(1, k + 1)]
-    customers = pd.DataFrame({
-        "customer_id": ids,
-        "signup_date": [(pd.Timestamp(as_of_us, unit="us") - pd.Timedelta(days=an["test_days"])).strftime("%Y-%m-%d")]
-        * k,
-        "acquisition_channel": "organic", "acquisition_cost": 0.0, "region": list(rules["regions"])[0],
-        "birth_year": 1970, "gender": "X", **{f"consent_{c}": True for c in CHANNELS},
-        "email": ["test@example.com"] + [f"test+{i}@example.com" for i in range(2, k + 1)],
-        "phone": "+44 7700 900000",
+    ids = pa.array([f"TEST{i:04d}" for i in range(1, k + 1)])
+    customers = pa.table({
+        "customer_id": ids, "signup_date": _days(np.full(k, as_of_us // DAY_US - an["test_days"])),
+        "acquisition_channel": pa.array(["organic"] * k), "acquisition_cost": np.zeros(k),
+        "region": pa.array([list(rules["regions"])[0]] * k), "birth_year": np.full(k, 1970),
+        "gender": pa.array(["X"] * k), **{f"consent_{c}": np.ones(k, bool) for c in CHANNELS},
+        "email": pa.array(["test@example.com"] + [f"test+{i}@example.com" for i in range(2, k + 1)]),
+        "phone": pa.array(["+44 7700 900000"] * k),
     })
     owner = np.repeat(np.arange(k), n)
-    ts = as_of_us - np.sort(rng.integers(1, an["test_days"] * DAY_US, k * n))
-    order_no = order_offset + 1 + np.arange(k * n)
+    ts = as_of_us - np.sort(rng.integers(1, an["test_days"] * 86_400, k * n))[::-1] * 1_000_000
     tx = pa.table({
-        "customer_id": pa.array(np.array(ids)[owner]), "order_id": _ids("O", order_no, 9),
-        "order_date": _dates(np.sort(ts)), "amount": np.where(rng.random(k * n) < 0.5, 0.01, 1.0),
+        "customer_id": ids.take(pa.array(owner)), "order_id": _ids("O", order_offset + 1 + np.arange(k * n), 9),
+        "order_date": _dates(ts), "amount": np.where(rng.random(k * n) < 0.5, 0.01, 1.0),
         "quantity": np.ones(k * n), "product_id": pa.array(["SKU-TEST"] * (k * n)),
         "category": pa.array([list(rules["categories"])[0]] * (k * n)), "channel": pa.array(["online"] * (k * n)),
         "discount": np.zeros(k * n), "store_id": pa.nulls(k * n, pa.string()),
@@ -445,7 +455,8 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
     picked = g_rng.choice(n_customers, size=min(n_customers, 2 * n_bulk + an["returner_min"]
                                                  + round(an["returner_share"] * n_customers)), replace=False)
     bulk, returners = np.sort(picked[:n_bulk]), np.sort(picked[n_bulk:])
-    writers: dict[str, pq.ParquetWriter] = {}
+    writers: dict[str, pq.ParquetWriter | pa_csv.CSVWriter] = {}
+    schemas: dict[str, pa.Schema] = {}
     merged = n_orders = 0
     try:
         for k, start in enumerate(range(0, n_customers, CHUNK)):
@@ -454,15 +465,15 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
                         campaigns, n_orders)
             merged, n_orders = merged + ch.merged, n_orders + ch.n_orders
             for name, table in (("transactions", ch.transactions), ("contacts", ch.contacts),
-                                ("customer_truth", ch.truth)):
+                                ("customer_truth", ch.truth), ("customers", ch.customers), ("loyalty", ch.loyalty)):
                 if name not in writers:
-                    writers[name] = pq.ParquetWriter(paths[name], table.schema)
+                    schemas[name] = table.schema
+                    writers[name] = (pa_csv.CSVWriter(paths[name], table.schema, write_options=CSV_OPTIONS)
+                                     if paths[name].suffix == ".csv" else pq.ParquetWriter(paths[name], table.schema))
                 writers[name].write_table(table)
-            ch.customers.to_csv(paths["customers"], index=False, mode="a" if k else "w", header=not k)
-            ch.loyalty.to_csv(paths["loyalty"], index=False, mode="a" if k else "w", header=not k)
         test_customers, test_tx = _test_accounts(rules, g_rng, as_of_us, n_orders)
-        writers["transactions"].write_table(test_tx.cast(writers["transactions"].schema))
-        test_customers.to_csv(paths["customers"], index=False, mode="a", header=False)
+        writers["transactions"].write_table(test_tx.cast(schemas["transactions"]))
+        writers["customers"].write_table(test_customers.cast(schemas["customers"]))
     finally:
         for writer in writers.values():
             writer.close()
@@ -474,7 +485,7 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
         "time_unit": "weeks", "bgnbd": rules["bgnbd"], "gamma_gamma": rules["gamma_gamma"],
         "segments": rules["segments"], "response": rules["response"], "uplift": rules["response"]["uplift"],
         "anomalies": {"bulk_buyers": ids[bulk].tolist(), "extreme_returners": ids[returners].tolist(),
-                      "test_accounts": test_customers["customer_id"].tolist()},
+                      "test_accounts": test_customers["customer_id"].to_pylist()},
         "counting": {
             "frequency": "distinct purchase days of positive lines minus one (one order per customer per day)",
             "exclude": "returns (order_id starting with R) and the anomalies",
@@ -490,23 +501,136 @@ def _uplift_truth(customer_truth: pd.DataFrame, response: dict[str, Any]) -> pd.
     """Long table segment x campaign type x channel x discount: the uplift of an alive customer (before clipping)
     and, over the segment's customers at as_of, mean p_control and mean uplift (dead customers and clipping included)."""
     seg = pd.Categorical(customer_truth["uplift_segment"], categories=SEGMENTS).codes.astype(np.int64)
-    lam = customer_truth["lam"].to_numpy()
     alive = customer_truth["alive_at_as_of"].to_numpy(bool)
+    p_c = np.where(alive, -np.expm1(-customer_truth["lam"].to_numpy(float) * response["window_days"] / WEEK_DAYS), 0.0)
     n_seg = np.bincount(seg, minlength=len(SEGMENTS))
-    every = np.arange(len(SEGMENTS))
+    mean_c = np.bincount(seg, weights=p_c, minlength=len(SEGMENTS)) / np.maximum(n_seg, 1)
+    state = seg * 2 + alive  # the uplift depends on the customer only through segment and alive
+    k = len(SEGMENTS) * 2
     rows = []
     for t, ctype in enumerate(CAMPAIGN_TYPES):
         for c, channel in enumerate(CHANNELS):
             for d in (0.0, 10.0, 20.0):
-                p_c, p_t = _probabilities(lam, seg, alive, np.full(len(lam), t), np.full(len(lam), c),
-                                          np.full(len(lam), d), response)
-                raw = _uplift(every, np.ones(len(every), bool), np.full(len(every), t), np.full(len(every), c),
-                              np.full(len(every), d), response)
-                sum_c = np.bincount(seg, weights=p_c, minlength=len(SEGMENTS))
-                sum_u = np.bincount(seg, weights=p_t - p_c, minlength=len(SEGMENTS))
+                u = _uplift(np.arange(k) // 2, np.arange(k) % 2 == 1, np.full(k, t), np.full(k, c), np.full(k, d),
+                            response)
+                gain = np.clip(p_c + u[state], 0.0, 1.0) - p_c
+                mean_u = np.bincount(seg, weights=gain, minlength=len(SEGMENTS)) / np.maximum(n_seg, 1)
                 for s, segment in enumerate(SEGMENTS):
                     rows.append({"segment": segment, "campaign_type": ctype, "channel": channel, "discount_pct": d,
-                                 "uplift_if_alive": raw[s], "n_customers": int(n_seg[s]),
-                                 "mean_p_control": sum_c[s] / max(n_seg[s], 1),
-                                 "mean_uplift_at_as_of": sum_u[s] / max(n_seg[s], 1)})
+                                 "uplift_if_alive": u[2 * s + 1], "n_customers": int(n_seg[s]),
+                                 "mean_p_control": mean_c[s], "mean_uplift_at_as_of": mean_u[s]})
     return pd.DataFrame(rows)
+
+
+def load_truth(out_dir: Path) -> DemoTruth:
+    """The truth written by `generate` into out_dir/truth/."""
+    folder = Path(out_dir) / "truth"
+    files = [folder / "truth.json", folder / "customer_truth.parquet", folder / "uplift_truth.csv"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"demo truth: missing {', '.join(missing)}. Run cvm.demo.generate (cvm demo) into {out_dir}.")
+    meta = json.loads(files[0].read_text(encoding="utf-8"))
+    return DemoTruth(seed=meta["seed"], as_of=pd.Timestamp(meta["as_of"]), n_customers=meta["n_customers"],
+                     bgnbd=meta["bgnbd"], gamma_gamma=meta["gamma_gamma"], segments=meta["segments"],
+                     response=meta["response"], anomalies=meta["anomalies"],
+                     customer_truth=pd.read_parquet(files[1]), uplift_truth=pd.read_csv(files[2]),
+                     counting=meta["counting"])
+
+
+def _alive_at(customer_truth: pd.DataFrame, at: pd.Series | pd.Timestamp, as_of: pd.Timestamp) -> np.ndarray:
+    """Alive at `at` (acquired before and not yet dropped out); after as_of the state at as_of is used."""
+    at = pd.Series(at, index=customer_truth.index) if isinstance(at, pd.Timestamp) else at
+    first = customer_truth["first_purchase_date"].to_numpy("datetime64[us]")
+    drop = customer_truth["dropout_date"].to_numpy("datetime64[us]")
+    when = pd.to_datetime(at).to_numpy("datetime64[us]")
+    before = (first < when) & (np.isnat(drop) | (drop > when))
+    return np.where(when > as_of.to_datetime64(), customer_truth["alive_at_as_of"].to_numpy(bool), before)
+
+
+def _codes(values: pd.Series, allowed: tuple[str, ...], table: str, column: str) -> np.ndarray:
+    codes = pd.Categorical(values, categories=allowed).codes
+    if (codes < 0).any():
+        bad = pd.Series(values)[codes < 0]
+        raise InputError(f"{table}: column '{column}' has {len(bad):,} rows outside {', '.join(allowed)} "
+                         f"(e.g. {bad.iloc[0]!r}); fix these values.")
+    return codes.astype(np.int64)
+
+
+def true_response(customer_truth: pd.DataFrame, campaign_type: str, channel: str, discount_pct: float | np.ndarray,
+                  truth: DemoTruth, at: str | pd.Timestamp | None = None) -> pd.DataFrame:
+    """True response to one offer: customer_id, uplift_segment, p_control, p_treated, uplift, expected_order_value.
+
+    p_control / p_treated: probability of converting within the attribution window if not contacted / if contacted with
+    this offer, for the customer's state at `at` (default: truth.as_of; exact for dates up to as_of).
+    expected_order_value is the gross order value p/nu; a treated conversion pays it less discount_pct.
+    """
+    need = ["customer_id", "lam", "nu", "uplift_segment", "alive_at_as_of", "first_purchase_date", "dropout_date"]
+    missing = [c for c in need if c not in customer_truth.columns]
+    if missing:
+        raise InputError(f"customer_truth lacks column(s) {', '.join(missing)}; pass truth.customer_truth or a "
+                         f"row subset of it.")
+    n = len(customer_truth)
+    ctype = _codes(pd.Series([campaign_type] * n), CAMPAIGN_TYPES, "true_response", "campaign_type")
+    ch = _codes(pd.Series([channel] * n), CHANNELS, "true_response", "channel")
+    discount = np.broadcast_to(np.asarray(discount_pct, dtype=float), (n,))
+    bad = (discount < 0) | (discount >= 100)
+    if bad.any():
+        raise InputError(f"true_response: discount_pct must be in [0, 100), got {int(bad.sum()):,} values outside; "
+                         f"give percents, e.g. 10 for 10 %.")
+    when = truth.as_of if at is None else pd.Timestamp(at)
+    alive = _alive_at(customer_truth, when, truth.as_of)
+    seg = _codes(customer_truth["uplift_segment"], SEGMENTS, "customer_truth", "uplift_segment")
+    p_c, p_t = _probabilities(customer_truth["lam"].to_numpy(float), seg, alive, ctype, ch, discount, truth.response)
+    return pd.DataFrame({"customer_id": customer_truth["customer_id"].to_numpy(),
+                         "uplift_segment": customer_truth["uplift_segment"].to_numpy(), "p_control": p_c,
+                         "p_treated": p_t, "uplift": p_t - p_c,
+                         "expected_order_value": truth.gamma_gamma["p"] / customer_truth["nu"].to_numpy(float)})
+
+
+def simulate_outcomes(contacts: pd.DataFrame, truth: DemoTruth, seed: int,
+                      campaigns: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Contacts with delivered, opened, clicked, converted, revenue drawn from the truth (plus true_p_control and
+    true_p_treated).
+
+    contacts needs customer_id, campaign_id, group, channel, discount_pct and the campaign type: a `type` column, or
+    else `campaigns` (campaign_id, type) to look it up. contact_date defaults to truth.as_of. Control rows convert at
+    p_control and are not contacted; treated rows convert at p_treated and pay the order value less discount_pct.
+    Outcomes are independent of transactions.parquet (campaign conversions are not written there).
+    """
+    frame = contacts.copy()
+    if "type" not in frame.columns:
+        if campaigns is None:
+            raise InputError("contacts: no 'type' column and no campaigns frame; add the campaign type per row or pass "
+                             "campaigns=(campaign_id, type).")
+        types = campaigns.drop_duplicates("campaign_id").set_index("campaign_id")["type"]
+        frame["type"] = frame["campaign_id"].map(types)
+        unknown = frame["type"].isna()
+        if unknown.any():
+            raise InputError(f"contacts: {int(unknown.sum()):,} rows have a campaign_id not in campaigns (e.g. "
+                             f"{frame.loc[unknown, 'campaign_id'].iloc[0]!r}); add those campaigns.")
+    need = ["customer_id", "campaign_id", "group", "channel", "discount_pct"]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise InputError(f"contacts: missing column(s) {', '.join(missing)}; {len(frame):,} rows given.")
+    ct = truth.customer_truth
+    pos = pd.Index(ct["customer_id"]).get_indexer(frame["customer_id"])
+    if (pos < 0).any():
+        raise InputError(f"contacts: {int((pos < 0).sum()):,} rows have a customer_id absent from the truth (e.g. "
+                         f"{frame['customer_id'][pos < 0].iloc[0]!r}); contact only generated customers "
+                         f"(test accounts have no truth).")
+    rows = ct.iloc[pos].reset_index(drop=True)
+    group = _codes(frame["group"], GROUPS, "contacts", "group")
+    ctype = _codes(frame["type"], CAMPAIGN_TYPES, "contacts", "type")
+    ch = _codes(frame["channel"], CHANNELS, "contacts", "channel")
+    discount = frame["discount_pct"].fillna(0.0).to_numpy(float)
+    when = pd.Series(pd.to_datetime(frame["contact_date"]).to_numpy() if "contact_date" in frame.columns
+                     else np.full(len(frame), truth.as_of.to_datetime64()))
+    alive = _alive_at(rows, when, truth.as_of)
+    seg = _codes(rows["uplift_segment"], SEGMENTS, "customer_truth", "uplift_segment")
+    p_c, p_t = _probabilities(rows["lam"].to_numpy(float), seg, alive, ctype, ch, discount, truth.response)
+    out = _draw_outcomes(np.random.default_rng(seed), p_c, p_t, group == GROUPS.index("treatment"), ch, discount, rows["nu"].to_numpy(float),
+                         truth.response, truth.gamma_gamma["p"])
+    for name, values in out.items():
+        frame[name] = values
+    frame["true_p_control"], frame["true_p_treated"] = p_c, p_t
+    return frame

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvm.contract import TABLES, Column
+from cvm.contract import TABLES, Column, pandera_schema
 from cvm.errors import InputError
 
 TRUE = {"true", "t", "yes", "y", "1", "1.0", "oui", "ja", "si", "x"}
@@ -108,8 +108,24 @@ def coerce(column: Column, series: pd.Series, read: dict) -> pd.Series:
     return text.mask(text == "")
 
 
+def outcome_values(name: str, series: pd.Series, source: str) -> pd.Series:
+    """An outcome column as numbers: booleans (true/false, yes/no, 1/0) become 1.0/0.0, amounts stay amounts."""
+    as_bool = _to_bool(series)
+    present = series.notna()
+    if (as_bool.notna() | ~present).all():
+        return as_bool.astype("Float64").astype("float64")
+    numbers = _to_number(series, ".", None)
+    bad = int((present & numbers.isna()).sum())
+    if bad:
+        examples = ", ".join(repr(v) for v in series[present & numbers.isna()].astype(str).unique()[:3])
+        raise InputError(f"contacts: outcome column '{name}' in file {source} has {bad:,} values that are neither "
+                         f"yes/no nor numbers (e.g. {examples}).")
+    return numbers
+
+
 def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = "",
-             read: dict | None = None, cancellation_prefix: str | None = None) -> Validated:
+             read: dict | None = None, cancellation_prefix: str | None = None,
+             outcomes: list[str] | None = None) -> Validated:
     """Type every contract column, reject bad rows with a reason, and fail on columns of the wrong type."""
     spec = TABLES[table]
     read = read or {}
@@ -161,7 +177,14 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
         if column.required:
             bad_masks[f"missing {column.name}"] = ~present
         out[column.name] = after
+    for name in outcomes or []:
+        if name not in out.columns:
+            raise InputError(f"{table}: outcome column '{name}' (sources.{table}.outcomes) is not in file {source}; "
+                             f"its columns are: {', '.join(frame.columns)}.")
+        out[name] = outcome_values(name, out[name], source)
     if table == "transactions":
+        if "order_id" not in frame.columns:
+            out["order_id"] = pd.Series(range(1, len(out) + 1), index=out.index).map("row-{}".format).astype("string")
         if "amount" not in frame.columns:
             out["amount"] = out["quantity"] * out["unit_price"]
             bad_masks["non-numeric amount"] = out["amount"].isna() & out["quantity"].notna() & out["unit_price"].notna()
@@ -189,7 +212,7 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
         label = "duplicate order line" if table == "transactions" else f"duplicate {', '.join(keys)}"
         reason = reason.mask(duplicated, label)
     rejected_mask = reason.notna()
-    kept = out.loc[~rejected_mask].reset_index(drop=True)
+    kept = pandera_schema(table).validate(out.loc[~rejected_mask].reset_index(drop=True))
     rejected = frame.loc[rejected_mask].astype("string").assign(reject_reason=reason[rejected_mask])
     reasons = reason[rejected_mask].value_counts().to_dict()
     if len(kept) == 0:

@@ -234,7 +234,7 @@ def segment_table(features: pd.DataFrame, scores: pd.DataFrame | RFMResult, segm
     missing = [c for c in (id_col, revenue_col, orders_col, recency_col, frequency_col) if c not in features]
     if missing:
         raise InputError(f"segment_table: features lack column(s) {missing}.")
-    seg = pd.DataFrame({id_col: frame[id_col].to_numpy(), "segment": segments.to_numpy()})
+    seg = pd.DataFrame({id_col: frame[id_col].to_numpy(), "segment": segments.array})
     df = features[[id_col, revenue_col, orders_col, recency_col, frequency_col]].merge(seg, on=id_col, how="inner")
     if len(df) != len(seg):
         raise InputError(f"segment_table: {len(seg) - len(df)} scored customer(s) are missing from the features or "
