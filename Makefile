@@ -33,11 +33,12 @@ demo-data: data/demo/truth/truth.json
 demo: demo-data
 	$(CVM) run --config configs/demo.yaml
 
-test: install-test
-	$(PY) -m pytest -n 2 --dist loadfile -q
+test: install-test demo-data
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
 
 test-fast: install-test
-	$(PY) -m pytest -n 2 --dist loadfile -q -m "not real and not notebook"
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not real and not notebook" tests
 
 lab: demo-data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

@@ -15,3 +15,30 @@ def real_data() -> Path:
     if not REAL.is_dir():
         pytest.fail(f"real data sets not found at {REAL}: clone the project beside shared/")
     return REAL
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 5,000-customer demo retailer (seed 42), generated once per test session, with its truth in truth/."""
+    from cvm.demo import generate
+
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, n_customers=5000, seed=42, as_of="2026-06-30")
+    return out
+
+
+@pytest.fixture()
+def demo_config(demo_dir: Path, tmp_path: Path) -> Path:
+    """configs/demo.yaml pointed at the session's demo data, writing runs under tmp_path."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    for table, spec in raw["sources"].items():
+        spec["path"] = str(demo_dir / Path(spec["path"]).name)
+    for key in ("offers", "contact_policy"):
+        if raw.get(key):
+            raw[key] = str((ROOT / "configs" / raw[key]).resolve())
+    raw["output_dir"] = str(tmp_path / "output")
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

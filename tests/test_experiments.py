@@ -351,19 +351,18 @@ def test_feedback_priors_shrinkage_beats_raw_rates() -> None:
     the true rates than the raw ones (lower mean squared error), the estimated strength near 40, and a huge cell
     must keep its own rate."""
     rng = np.random.default_rng(2)
-    frames, truth = [], {}
-    for ctype, mu in (("retention", 0.10), ("upsell", 0.25)):
-        for cell in range(300):
-            n = int(rng.integers(10, 200)) if cell else 50_000
-            for group, m in (("control", mu), ("treatment", mu * 1.2)):
-                p = rng.beta(m * 40, (1 - m) * 40)
-                truth[(f"s{cell}", ctype, 10.0, group)] = p
-                frames.append(pd.DataFrame({"segment": f"s{cell}", "campaign_type": ctype, "discount_pct": 10.0,
-                                            "group": group, "converted": (rng.random(n) < p).astype(int)}))
-    contacts = pd.concat(frames, ignore_index=True)
+    cells = pd.MultiIndex.from_product([[f"s{i}" for i in range(300)], ["retention", "upsell"],
+                                        ["control", "treatment"]], names=["segment", "campaign_type", "group"])
+    cells = cells.to_frame(index=False)
+    mu = np.where(cells["campaign_type"] == "retention", 0.10, 0.25) * np.where(cells["group"] == "treatment", 1.2, 1)
+    cells["true_rate"] = rng.beta(mu * 40, (1 - mu) * 40)
+    cells["n"] = np.where(cells["segment"] == "s0", 20_000, rng.integers(10, 200, len(cells)))
+    contacts = cells.loc[cells.index.repeat(cells["n"])].reset_index(drop=True)
+    contacts["converted"] = (rng.random(len(contacts)) < contacts["true_rate"]).astype(int)
+    contacts["discount_pct"] = 10.0
     priors = ex.feedback_priors(contacts, "converted")
     for group, name in (("control", "control"), ("treatment", "treated")):
-        true = priors.apply(lambda r: truth[(r["segment"], r["campaign_type"], 10.0, group)], axis=1)
+        true = priors.merge(cells[cells["group"] == group], on=["segment", "campaign_type"])["true_rate"]
         mse_shrunk = np.mean((priors[f"rate_{name}"] - true) ** 2)
         mse_raw = np.mean((priors[f"rate_{name}_raw"] - true) ** 2)
         assert mse_shrunk < 0.8 * mse_raw, (group, mse_shrunk, mse_raw)

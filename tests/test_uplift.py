@@ -172,7 +172,7 @@ def campaign_history(seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frames = []
     for i, discount in enumerate([0, 10, 20, 0, 10, 20]):
-        n = 3000
+        n = 5000
         segment = rng.choice(["deal", "full"], size=n)
         lift = np.where(segment == "deal", {0: 0.02, 10: 0.15, 20: 0.20}[discount],
                         {0: 0.03, 10: 0.04, 20: 0.05}[discount])

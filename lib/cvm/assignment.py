@@ -366,9 +366,11 @@ def _lp(p: _Problem, groups: np.ndarray, scale: float, integer: bool) -> tuple[n
     real = np.isfinite(p.value[gg, jj])
     gg, jj = gg[real], jj[real]
     n = len(gg)
+    if n == 0:
+        return gg, jj, 0.0, np.zeros(p.m)
     gidx = np.unique(gg, return_inverse=True)[1]
     blocks = [sparse.csr_matrix((np.ones(n), (gidx, np.arange(n))))]
-    rhs = [np.ones(gidx.max() + 1 if n else 0)]
+    rhs = [np.ones(gidx.max() + 1)]
     cust = p.group_customer[gg]
     n_dates = np.bincount(p.group_customer[groups], minlength=p.n_customers)
     if (n_dates > p.customer_cap).any():
@@ -380,8 +382,6 @@ def _lp(p: _Problem, groups: np.ndarray, scale: float, integer: bool) -> tuple[n
     a_ub = sparse.vstack(blocks).tocsr()
     b_ub = np.concatenate(rhs)
     c = -p.value[gg, jj]
-    if n == 0:
-        return gg, jj, 0.0, np.zeros(p.m)
     if integer:
         res = milp(c, constraints=LinearConstraint(a_ub, -np.inf, b_ub), integrality=np.ones(n),
                    bounds=Bounds(0, 1))

@@ -25,6 +25,11 @@ from cvm.errors import InputError
 from cvm.features import TIME_UNIT_DAYS
 
 ArrayLike = np.ndarray | pd.Series | list[float]
+Terms = Callable[..., tuple[float, np.ndarray]]
+
+#: Above this many distinct rows the fit starts from a fit on a sample of WARM_SAMPLE customers.
+WARM_START_ROWS = 50_000
+WARM_SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,9 @@ def _weights(weights: ArrayLike | None, n: int, what: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- optimiser
 
 
-def _maximise(neg_ll: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, scale: float
+def _minimise(neg_ll: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, scale: float
               ) -> optimize.OptimizeResult:
-    """Minimise the mean negative LL over log-parameters with L-BFGS-B, then polish with BFGS from the optimum."""
+    """Minimise the mean negative LL over log-parameters with L-BFGS-B."""
     def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
         value, grad = neg_ll(theta)
         if not np.isfinite(value):
@@ -130,19 +135,26 @@ def _maximise(neg_ll: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.n
         return value / scale, grad / scale
 
     bounds = [(-15.0, 15.0)] * len(x0)
-    res = optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
-    polish = optimize.minimize(f, res.x, jac=True, method="BFGS", options={"gtol": 1e-9, "maxiter": 200})
-    best = polish if polish.fun <= res.fun else res
-    best.nit = int(res.nit) + int(polish.nit)
-    best.success = bool(np.max(np.abs(best.jac)) < 1e-5)
-    return best
+    return optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                             options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9})
 
 
-def _standard_errors(grad_natural: Callable[[np.ndarray], np.ndarray], theta: np.ndarray, names: list[str]
-                     ) -> dict[str, float]:
-    """SEs from the inverse of the Hessian of the negative LL in natural parameters (central differences of the
-    analytic gradient)."""
+def _objective(terms: Terms, cols: list[np.ndarray], w: np.ndarray
+               ) -> tuple[Callable[[np.ndarray], tuple[float, np.ndarray]], Callable[[np.ndarray], np.ndarray]]:
+    """Negative LL and gradient over log-parameters, and the gradient over natural parameters, for a terms function
+    whose first data column is the frequency x."""
+    ux, ix = np.unique(cols[0], return_inverse=True)
+
+    def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        params = np.exp(theta)
+        ll, grad = terms(params, *cols, w, ux, ix)
+        return -ll, -grad * params
+
+    return neg_ll, lambda params: -terms(params, *cols, w, ux, ix)[1]
+
+
+def _hessian(grad_natural: Callable[[np.ndarray], np.ndarray], theta: np.ndarray) -> np.ndarray:
+    """Hessian of the negative LL in natural parameters by central differences of the analytic gradient."""
     k = len(theta)
     hess = np.empty((k, k))
     for i in range(k):
@@ -151,13 +163,37 @@ def _standard_errors(grad_natural: Callable[[np.ndarray], np.ndarray], theta: np
         up[i] += h
         down[i] -= h
         hess[:, i] = (grad_natural(up) - grad_natural(down)) / (2 * h)
-    hess = (hess + hess.T) / 2
+    return (hess + hess.T) / 2
+
+
+def _fit_ml(terms: Terms, cols: list[np.ndarray], w: np.ndarray, x0: np.ndarray, names: list[str]
+            ) -> tuple[np.ndarray, float, dict[str, float], bool, int, str]:
+    """Maximum likelihood: L-BFGS-B on log-parameters, then one Newton polish step with the Hessian that also gives
+    the standard errors. Above WARM_START_ROWS distinct rows it starts from the fit on a seeded weighted sample of
+    WARM_SAMPLE customers (fewer passes over the full data; the optimum is the full-data MLE either way).
+    Returns estimates, LL, SEs, converged, iterations, message."""
+    if len(w) > WARM_START_ROWS:
+        pick = np.random.default_rng(0).choice(len(w), WARM_SAMPLE, p=w / w.sum())
+        sample_ll, _ = _objective(terms, [c[pick] for c in cols], np.ones(WARM_SAMPLE))
+        x0 = _minimise(sample_ll, x0, WARM_SAMPLE).x
+    neg_ll, grad_natural = _objective(terms, cols, w)
+    res = _minimise(neg_ll, x0, float(w.sum()))
+    est = np.exp(res.x)
+    ll = -neg_ll(res.x)[0]
     try:
-        cov = np.linalg.inv(hess)
-        se = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+        cov = np.linalg.inv(_hessian(grad_natural, est))
     except np.linalg.LinAlgError:
-        se = np.full(k, np.nan)
-    return dict(zip(names, se.tolist()))
+        cov = np.full((len(est), len(est)), np.nan)
+    step = cov @ grad_natural(est)
+    if np.isfinite(step).all() and np.all(step < est):
+        polished_ll = -neg_ll(np.log(est - step))[0]
+        if polished_ll >= ll:
+            est, ll = est - step, polished_ll
+    variances = np.diag(cov)
+    se = np.sqrt(np.where(variances > 0, variances, np.nan))
+    gradient = grad_natural(est) * est / w.sum()
+    converged = bool(np.max(np.abs(gradient)) < 1e-5 and np.isfinite(se).all())
+    return est, float(ll), dict(zip(names, se.tolist())), converged, int(res.nit), str(res.message)
 
 
 # ---------------------------------------------------------------------------------------------------- BG/NBD
@@ -189,38 +225,41 @@ def _collapse(*cols: np.ndarray, weights: np.ndarray) -> tuple[list[np.ndarray],
 
 def _bgnbd_terms(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray,
                  ux: np.ndarray, ix: np.ndarray) -> tuple[float, np.ndarray]:
-    """Log-likelihood and gradient in natural parameters; functions of x alone are computed once per distinct x."""
+    """Log-likelihood and gradient in natural parameters. Functions of x alone are computed once per distinct x and
+    their weighted sums taken with per-x totals (bincount), so the per-row work is a few logs and exps."""
     r, alpha, a, b = params
-    rx = r + ux
+    rux = r + ux
     pos = ux > 0
     bx1 = np.where(pos, b + ux - 1, 1.0)
-    # terms per distinct x
-    lg = special.gammaln(rx) - special.gammaln(r) + r * np.log(alpha)
+    lg = special.gammaln(rux) - special.gammaln(r) + r * np.log(alpha)
     beta0 = special.betaln(a, b)
     b2 = special.betaln(a, b + ux) - beta0
     b3 = np.where(pos, special.betaln(a + 1, bx1) - beta0, -np.inf)
     dig_abx = special.digamma(a + b + ux)
     dig_ab, dig_a, dig_b = special.digamma(a + b), special.digamma(a), special.digamma(b)
-    d_lg_r = special.digamma(rx) - special.digamma(r) + np.log(alpha)
+    d_lg_r = special.digamma(rux) - special.digamma(r) + np.log(alpha)
     d_b2_a = dig_ab - dig_abx
     d_b2_b = special.digamma(b + ux) - dig_abx - dig_b + dig_ab
     d_b3_a = special.digamma(a + 1) - dig_abx - dig_a + dig_ab
     d_b3_b = np.where(pos, special.digamma(bx1) - dig_abx - dig_b + dig_ab, 0.0)
-    # per row
-    rxr = rx[ix]
+    rx = r + x
     log_aT = np.log(alpha + T)
     log_at = np.log(alpha + t_x)
-    a2 = b2[ix] - rxr * log_aT
-    a3 = b3[ix] - rxr * log_at
+    a2 = b2[ix] - rx * log_aT
+    a3 = b3[ix] - rx * log_at
     m = np.logaddexp(a2, a3)
-    w3 = np.exp(a3 - m)
-    w2 = 1.0 - w3
-    ll = float(np.dot(w, lg[ix] + m))
-    g_r = d_lg_r[ix] - w2 * log_aT - w3 * log_at
-    g_alpha = r / alpha - rxr * (w2 / (alpha + T) + w3 / (alpha + t_x))
-    g_a = w2 * d_b2_a[ix] + w3 * d_b3_a[ix]
-    g_b = w2 * d_b2_b[ix] + w3 * d_b3_b[ix]
-    grad = np.array([np.dot(w, g_r), np.dot(w, g_alpha), np.dot(w, g_a), np.dot(w, g_b)])
+    ww3 = w * np.exp(a3 - m)
+    ww2 = w - ww3
+    sw = np.bincount(ix, weights=w, minlength=len(ux))
+    s2 = np.bincount(ix, weights=ww2, minlength=len(ux))
+    s3 = np.bincount(ix, weights=ww3, minlength=len(ux))
+    ll = float(lg @ sw + w @ m)
+    grad = np.array([
+        d_lg_r @ sw - ww2 @ log_aT - ww3 @ log_at,
+        r / alpha * sw.sum() - (ww2 * rx) @ (1 / (alpha + T)) - (ww3 * rx) @ (1 / (alpha + t_x)),
+        d_b2_a @ s2 + d_b3_a @ s3,
+        d_b2_b @ s2 + d_b3_b @ s3,
+    ])
     return ll, grad
 
 
@@ -232,22 +271,11 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | N
         raise InputError(f"fit_bgnbd: {len(x)} customers, {int((x > 0).sum())} with repeat purchases; the model "
                          f"needs at least 10 customers and some repeat buyers.")
     w = _weights(weights, len(x), "fit_bgnbd")
-    (x, t_x, T), w = _collapse(x, t_x, T, weights=w)
-    ux, ix = np.unique(x, return_inverse=True)
-    total = float(w.sum())
-
-    def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        params = np.exp(theta)
-        ll, grad = _bgnbd_terms(params, x, t_x, T, w, ux, ix)
-        return -ll, -grad * params
-
-    alpha0 = max(float(np.average(T, weights=w)) / 8, 1e-3)
-    res = _maximise(neg_ll, np.log([1.0, alpha0, 1.0, 1.0]), total)
-    est = np.exp(res.x)
-    ll, _ = _bgnbd_terms(est, x, t_x, T, w, ux, ix)
-    se = _standard_errors(lambda p: -_bgnbd_terms(p, x, t_x, T, w, ux, ix)[1], est, ["r", "alpha", "a", "b"])
-    return BGNBDFit(*map(float, est), log_likelihood=ll, se=se, converged=bool(res.success), n_customers=int(total),
-                    iterations=int(res.nit), n_unique=len(x), message=str(res.message))
+    cols, w = _collapse(x, t_x, T, weights=w)
+    x0 = np.log([1.0, max(float(np.average(cols[2], weights=w)) / 8, 1e-3), 1.0, 1.0])
+    est, ll, se, converged, nit, message = _fit_ml(_bgnbd_terms, cols, w, x0, ["r", "alpha", "a", "b"])
+    return BGNBDFit(*map(float, est), log_likelihood=ll, se=se, converged=converged,
+                    n_customers=int(round(w.sum())), iterations=nit, n_unique=len(w), message=message)
 
 
 def bgnbd_p_alive(fit: BGNBDFit, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> np.ndarray:
@@ -286,14 +314,12 @@ def _alive_expectation_quadrature(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T
     return out
 
 
-def _alive_expectation(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
+def _alive_expectation_unique(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
     """Expected purchases in (T, T+t] for a customer alive at T, via hyp2f1 (FHL 2005 eq. 10 without the P(alive)
-    factor), computed once per distinct (t, x, T), with a quadrature fallback where hyp2f1 fails or a is near 1."""
-    first, inverse = _factorize_rows(t, x, T)
-    t, x, T = t[first], x[first], T[first]
+    factor), with a quadrature fallback where hyp2f1 fails or a is near 1."""
     r, alpha, a, b = fit.r, fit.alpha, fit.a, fit.b
     if abs(a - 1) < 1e-3:
-        return _alive_expectation_quadrature(fit, t, x, T)[inverse]
+        return _alive_expectation_quadrature(fit, t, x, T)
     with np.errstate(all="ignore"):
         h = special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
         log_pow = (r + x) * (np.log(alpha + T) - np.log(alpha + T + t))
@@ -303,7 +329,13 @@ def _alive_expectation(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarra
     bad = ~np.isfinite(val) | (val < -1e-9) | (val > upper * (1 + 1e-6) + 1e-9)
     if bad.any():
         val[bad] = _alive_expectation_quadrature(fit, t[bad], x[bad], T[bad])
-    return np.clip(val, 0.0, None)[inverse]
+    return np.clip(val, 0.0, None)
+
+
+def _alive_expectation(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """`_alive_expectation_unique` computed once per distinct (t, x, T)."""
+    first, inverse = _factorize_rows(t, x, T)
+    return _alive_expectation_unique(fit, t[first], x[first], T[first])[inverse]
 
 
 def bgnbd_expected_purchases(fit: BGNBDFit, t: float | ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
@@ -350,14 +382,15 @@ def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, w: np.ndarray, u
     lg = special.gammaln(pux + q) - special.gammaln(pux) - special.gammaln(q) + q * np.log(g) + pux * np.log(ux)
     d_p = ux * (dig - special.digamma(pux) + np.log(ux))
     d_q = dig - special.digamma(q) + np.log(g)
-    px = pux[ix]
+    sw = np.bincount(ix, weights=w, minlength=len(ux))
+    px = p * x
     log_z = np.log(z)
-    log_gxz = np.log(g + x * z)
-    ll_i = lg[ix] + (px - 1) * log_z - (px + q) * log_gxz
-    g_p = d_p[ix] + x * (log_z - log_gxz)
-    g_q = d_q[ix] - log_gxz
-    g_g = q / g - (px + q) / (g + x * z)
-    return float(np.dot(w, ll_i)), np.array([np.dot(w, g_p), np.dot(w, g_q), np.dot(w, g_g)])
+    gxz = g + x * z
+    log_gxz = np.log(gxz)
+    ll = lg @ sw + w @ ((px - 1) * log_z - (px + q) * log_gxz)
+    grad = np.array([d_p @ sw + (w * x) @ (log_z - log_gxz), d_q @ sw - w @ log_gxz,
+                     q / g * sw.sum() - w @ ((px + q) / gxz)])
+    return float(ll), grad
 
 
 def _gg_inputs(frequency: ArrayLike, mean_value: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -381,21 +414,11 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike, weights: ArrayL
     x, z, w = x[use], z[use], w[use]
     if len(x) < 10:
         raise InputError(f"fit_gamma_gamma: only {len(x)} customers with repeat purchases; need at least 10.")
-    (x, z), w = _collapse(x, z, weights=w)
-    ux, ix = np.unique(x, return_inverse=True)
-    total = float(w.sum())
-
-    def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        params = np.exp(theta)
-        ll, grad = _gg_terms(params, x, z, w, ux, ix)
-        return -ll, -grad * params
-
-    res = _maximise(neg_ll, np.log([1.0, 1.0, float(np.average(z, weights=w))]), total)
-    est = np.exp(res.x)
-    ll, _ = _gg_terms(est, x, z, w, ux, ix)
-    se = _standard_errors(lambda p: -_gg_terms(p, x, z, w, ux, ix)[1], est, ["p", "q", "gamma"])
-    return GammaGammaFit(*map(float, est), log_likelihood=ll, se=se, converged=bool(res.success),
-                         n_customers=int(total), iterations=int(res.nit), message=str(res.message))
+    cols, w = _collapse(x, z, weights=w)
+    x0 = np.log([1.0, 1.0, float(np.average(cols[1], weights=w))])
+    est, ll, se, converged, nit, message = _fit_ml(_gg_terms, cols, w, x0, ["p", "q", "gamma"])
+    return GammaGammaFit(*map(float, est), log_likelihood=ll, se=se, converged=converged,
+                         n_customers=int(round(w.sum())), iterations=nit, message=message)
 
 
 def gg_expected_order_value(fit: GammaGammaFit, frequency: ArrayLike, mean_value: ArrayLike) -> np.ndarray:
@@ -439,13 +462,15 @@ def customer_lifetime_value(bgnbd: BGNBDFit, gg: GammaGammaFit, x: ArrayLike, t_
     value = gg_expected_order_value(gg, x, mean_value) * margin
     p_alive = bgnbd_p_alive(bgnbd, x, t_x, T)
     month = TIME_UNIT_DAYS["M"] / TIME_UNIT_DAYS[time_unit]
-    clv = np.zeros_like(x)
-    previous = np.zeros_like(x)
+    first, inverse = _factorize_rows(x, T)
+    ux, uT = x[first], T[first]
+    discounted = np.zeros_like(ux)
+    previous = np.zeros_like(ux)
     for m in range(1, horizon_months + 1):
-        current = _alive_expectation(bgnbd, np.full_like(x, m * month), x, T)
-        clv += (current - previous) / (1 + discount_rate_annual) ** (m / 12)
+        current = _alive_expectation_unique(bgnbd, np.full_like(ux, m * month), ux, uT)
+        discounted += (current - previous) / (1 + discount_rate_annual) ** (m / 12)
         previous = current
-    return pd.Series(clv * p_alive * value, name="clv")
+    return pd.Series(discounted[inverse] * p_alive * value, name="clv")
 
 
 # ---------------------------------------------------------------------------------------------------- holdout checks

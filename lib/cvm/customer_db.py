@@ -28,11 +28,8 @@ def load_and_validate(config: RunConfig) -> dict[str, Validated]:
     out: dict[str, Validated] = {}
     for table, src in config.sources.items():
         frame = load_source(src)
-        outcomes = [c for c in ("delivered", "opened", "clicked", "converted", "revenue") if c in frame.columns] \
-            if table == "contacts" else []
         out[table] = validate(table, frame, config.as_of, source=src.path, read=src.read,
-                              cancellation_prefix=src.cancellation_prefix,
-                              outcomes=list(dict.fromkeys([*src.outcomes, *outcomes])))
+                              cancellation_prefix=src.cancellation_prefix, outcomes=src.outcomes)
     return out
 
 

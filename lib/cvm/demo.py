@@ -46,6 +46,9 @@ DAY_US = 86_400_000_000
 WEEK_DAYS = 7.0
 MAX_CUSTOMERS = 9_999_999  # customer ids have seven digits
 CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="needed")
+#: the big table: dictionary-encode the repetitive columns only, statistics where readers filter (faster writes)
+PARQUET_OPTIONS = {"transactions": {"use_dictionary": ["customer_id", "product_id", "category", "channel", "store_id"],
+                                    "write_statistics": ["customer_id", "order_date"]}}
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,8 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     n_l = len(l_order)
     cat = _choice(rng, {k: v["share"] for k, v in cats.items()}, n_l)
     weight = np.array([v["price"] for v in cats.values()])[cat] * rng.gamma(2.0, 1.0, n_l)
-    amount = np.round(value[l_order] * weight / np.add.reduceat(weight, np.cumsum(n_lines) - n_lines)[l_order], 2)
+    share = weight / np.add.reduceat(weight, np.cumsum(n_lines) - n_lines)[l_order]
+    amount = np.maximum(np.round(value[l_order] * share, 2), 0.01)
     quantity = (1 + _choice(rng, rules["quantity"], n_l)).astype(float)
     n_products = np.array([v["products"] for v in cats.values()])
     skew = rng.random(n_l)
@@ -469,7 +473,8 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
                 if name not in writers:
                     schemas[name] = table.schema
                     writers[name] = (pa_csv.CSVWriter(paths[name], table.schema, write_options=CSV_OPTIONS)
-                                     if paths[name].suffix == ".csv" else pq.ParquetWriter(paths[name], table.schema))
+                                     if paths[name].suffix == ".csv"
+                                     else pq.ParquetWriter(paths[name], table.schema, **PARQUET_OPTIONS.get(name, {})))
                 writers[name].write_table(table)
         test_customers, test_tx = _test_accounts(rules, g_rng, as_of_us, n_orders)
         writers["transactions"].write_table(test_tx.cast(schemas["transactions"]))

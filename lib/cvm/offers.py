@@ -154,7 +154,7 @@ def offers_table(offers: Sequence[Offer]) -> pd.DataFrame:
         "discount_levels": ", ".join(f"{d:g}%" for d in o.discount_levels), "margin_pct": o.margin_pct,
         "capacity": o.capacity, "valid_from": o.valid_from, "valid_to": o.valid_to,
         "eligibility": "; ".join(f"{k} {v}" for k, v in o.eligibility.items()),
-    } for o in offers])
+    } for o in offers]).astype({"capacity": "Int64"})
 
 
 def eligibility_mask(customers: pd.DataFrame, offer: Offer) -> np.ndarray:

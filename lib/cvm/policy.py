@@ -240,6 +240,9 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
     month_hist = _count(keys, cand_codes, int(launches.min()) - m + 1, int(launches.max()) + m - 1)
     cap = pd.Series(np.clip(policy.max_per_month - month_hist, 0, None), index=cust.index[cand_codes],
                     name="max_contacts")
+    cap_by_code = np.zeros(len(cust.index), dtype=np.int64)
+    cap_by_code[cand_codes] = cap.to_numpy()
+    ok &= cap_by_code[code] > 0
     out = candidates[ok].copy()
     if "campaign_type" in out.columns:
         rank = {t: i for i, t in enumerate(policy.campaign_priority)}

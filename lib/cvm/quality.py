@@ -181,7 +181,8 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
         if name not in out.columns:
             raise InputError(f"{table}: outcome column '{name}' (sources.{table}.outcomes) is not in file {source}; "
                              f"its columns are: {', '.join(frame.columns)}.")
-        out[name] = outcome_values(name, out[name], source)
+        if name not in spec.names:
+            out[name] = outcome_values(name, out[name], source)
     if table == "transactions":
         if "order_id" not in frame.columns:
             out["order_id"] = pd.Series(range(1, len(out) + 1), index=out.index).map("row-{}".format).astype("string")
