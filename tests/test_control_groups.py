@@ -1,4 +1,5 @@
-"""Control groups: power calculation against the textbook formula and a simulation, stratified randomisation, balance."""
+"""Control groups: power calculation against the textbook formula and a simulation, stratified randomisation,
+balance."""
 from __future__ import annotations
 
 import numpy as np

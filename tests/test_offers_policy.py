@@ -1,11 +1,13 @@
 """Offer catalogue, eligibility, contact policy: loading, filtering, and a zero-violation plan on 100,000 customers."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cvm.assignment import solve_scalable
 from cvm.control_groups import assign_control
@@ -50,7 +52,6 @@ def test_catalogue_errors_name_file_offer_and_field(tmp_path, field, value, mess
              "discount_levels": [10], "margin_pct": 40, "cost_per_contact": {"email": 0.02, "sms": 0.07}}
     offer[field] = value
     path = tmp_path / "offers.yaml"
-    import yaml
     path.write_text(yaml.safe_dump({"offers": [offer]}))
     with pytest.raises(InputError, match=message) as err:
         load_offers(path)
@@ -136,7 +137,7 @@ def test_check_plan_finds_every_kind(policy, offers):
     customers, history, cand = small_world()
     plan = cand[cand["channel"] == "email"].assign(offer_id="RET-AT-RISK")
     plan = pd.concat([plan, plan[plan["customer_id"] == "ok"].assign(contact_date=pd.Timestamp("2026-07-09"))])
-    tight = type(policy)(**{**policy.__dict__, "channel_capacity_per_week": {"email": 2}, "budget": 0.3})
+    tight = replace(policy, channel_capacity_per_week={"email": 2}, budget=0.3)
     found = check_plan(plan, customers, history, tight, AS_OF, offers=offers)
     kinds = set(found["kind"])
     assert {"consent", "quiet days", "cool-down", "weekly cap", "monthly cap", "capacity", "budget"} <= kinds
@@ -170,13 +171,12 @@ def test_zero_violations_on_100k_customers(offers, policy):
     cand["value"] = np.round(rng.lognormal(0, 1, len(cand)) - 0.8, 2)
     allowed, cap = apply_policy(cand, customers, history, policy, AS_OF)
     cons = constraints_for(policy, offers, cap)
-    tight = type(cons)(cons.max_per_customer, {k: v // 4 for k, v in cons.offer_capacity.items()},
-                       {"email": 30_000, "sms": 2_000, "post": 1_500}, 4_000.0)
+    tight = replace(cons, offer_capacity={k: v // 4 for k, v in cons.offer_capacity.items()},
+                    channel_capacity={"email": 30_000, "sms": 2_000, "post": 1_500}, budget=4_000.0)
     res = solve_scalable(allowed, tight)
     assert res.gap <= 0.01 and len(res.plan) > 10_000
     plan = assign_control(res.plan, ["rfm_segment"] if "rfm_segment" in res.plan else [], control_share=0.1)
-    tight_policy = type(policy)(**{**policy.__dict__, "channel_capacity_per_week": dict(tight.channel_capacity),
-                                   "budget": tight.budget})
+    tight_policy = replace(policy, channel_capacity_per_week=dict(tight.channel_capacity), budget=tight.budget)
     found = check_plan(plan, customers, history, tight_policy, AS_OF, offers=offers)
     assert len(found) == 0, found["kind"].value_counts()
     # the same plan without the policy filter does break the rules: the check is not vacuous

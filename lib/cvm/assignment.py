@@ -1,15 +1,15 @@
 """Optimal assignment of offers to customers: maximise expected incremental margin under contact constraints.
 
-The input is a long frame of candidate contacts, one row per (customer, offer, channel, discount, contact date), already
-filtered for eligibility and consent, with `value` (expected incremental margin) and `cost` (contact cost). Each customer
-gets at most one row per contact date and at most `max_per_customer` rows in total; offers and channels (per contact date)
-have capacities and the plan has a budget. Rows with value <= 0 are never chosen.
+The input is a long frame of candidate contacts, one row per (customer, offer, channel, discount, contact date),
+already filtered for eligibility and consent, with `value` (expected incremental margin) and `cost` (contact cost).
+Each customer gets at most one row per contact date and at most `max_per_customer` rows in total; offers and channels
+(per contact date) have capacities and the plan has a budget. Rows with value <= 0 are never chosen.
 
-`solve_exact` solves the integer programme with HiGHS (small problems). `solve_scalable` relaxes the coupling constraints
-(capacities, budget) with Lagrange multipliers, starts them from the exact LP duals on a random sample of customers,
-refines them on all customers by projected subgradient steps, then lets every customer take his best row by reduced value
-(numpy argmax over a customers x options matrix), repairs infeasibility greedily and fills spare capacity greedily.
-The Lagrangian dual value at the multipliers is an upper bound on the LP optimum, hence on the best plan.
+`solve_exact` solves the integer programme with HiGHS (small problems). `solve_scalable` relaxes the coupling
+constraints (capacities, budget) with Lagrange multipliers, starts them from the exact LP duals on a random sample of
+customers, refines them on all customers by projected subgradient steps, then lets every customer take his best row by
+reduced value (numpy argmax over a customers x options matrix), repairs infeasibility greedily and fills spare capacity
+greedily. The Lagrangian dual value at the multipliers is an upper bound on the LP optimum, hence on the best plan.
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class _Problem:
     names: list[str]
     kinds: list[str]
     budget: int | None        # index of the budget resource
+    limited: np.ndarray       # groups of customers with more contact dates than their cap
 
     @property
     def m(self) -> int:
@@ -144,7 +145,8 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
         names.append("budget"), kinds.append("budget"), caps.append(float(constraints.budget))
     capacity = np.asarray(caps, dtype=float)
     if (capacity < 0).any():
-        raise InputError(f"constraints: negative capacity for {[n for n, c in zip(names, caps) if c < 0]}.")
+        negative = [n for n, c in zip(names, caps, strict=True) if c < 0]
+        raise InputError(f"constraints: negative capacity for {negative}; capacities and budget must be >= 0.")
     m = len(names)
     r_offer = offer_res[offer_codes]
     r_chan = chan_date_res.ravel()[chan_codes.astype(np.int64) * len(dates) + date_codes]
@@ -201,10 +203,13 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
         cost[group, pos] = cost_all[rows]
         slot[group, pos] = slot_index[slot_key]
     cust = cust_codes[rows]
-    return _Problem(rows=rows, value=value, cost=cost, slot=slot, starts=starts, group_customer=cust[starts],
+    group_customer = cust[starts]
+    over = np.bincount(group_customer, minlength=len(customers)) > customer_cap
+    return _Problem(rows=rows, value=value, cost=cost, slot=slot, starts=starts, group_customer=group_customer,
                     customer_cap=customer_cap, n_customers=len(customers),
                     slot_offer=slot_vals // (m + 1), slot_channel=slot_vals % (m + 1),
-                    capacity=capacity, names=names, kinds=kinds, budget=budget)
+                    capacity=capacity, names=names, kinds=kinds, budget=budget,
+                    limited=np.flatnonzero(over[group_customer]))
 
 
 def _row_usage(p: _Problem, g: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -250,16 +255,15 @@ def _relaxed(p: _Problem, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, floa
 def _top_k(p: _Problem, best: np.ndarray) -> np.ndarray:
     """Groups taken: positive best value, and at most `customer_cap` groups (dates) per customer, best first."""
     take = best > 0
-    n_groups = np.bincount(p.group_customer, minlength=p.n_customers)
-    if (n_groups <= p.customer_cap).all():
+    sel = p.limited
+    if not len(sel):
         return take
-    order = np.lexsort((-best, p.group_customer))
+    order = sel[np.lexsort((-best[sel], p.group_customer[sel]))]
     gc = p.group_customer[order]
     first = np.r_[0, np.flatnonzero(gc[1:] != gc[:-1]) + 1]
     rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    ok = np.empty(len(order), bool)
-    ok[order] = rank < p.customer_cap[gc]
-    return take & ok
+    take[order] &= rank < p.customer_cap[gc]
+    return take
 
 
 def _consumption(p: _Problem, g: np.ndarray, j: np.ndarray, k: int) -> np.ndarray:
@@ -358,7 +362,8 @@ def _primal(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.n
     return g, j, float(p.value[g, j].sum())
 
 
-def _lp(p: _Problem, groups: np.ndarray, scale: float, integer: bool) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+def _lp(p: _Problem, groups: np.ndarray, scale: float,
+        integer: bool) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """LP (or MILP) over the rows of `groups` with capacities times `scale`: (groups, columns, objective, duals)."""
     width = p.value.shape[1]
     gg = np.repeat(groups, width)

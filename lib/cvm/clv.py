@@ -142,7 +142,9 @@ def _minimise(neg_ll: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.n
 def _objective(terms: Terms, cols: list[np.ndarray], w: np.ndarray
                ) -> tuple[Callable[[np.ndarray], tuple[float, np.ndarray]], Callable[[np.ndarray], np.ndarray]]:
     """Negative LL and gradient over log-parameters, and the gradient over natural parameters, for a terms function
-    whose first data column is the frequency x."""
+    whose first data column is the frequency x (rows are sorted by x here)."""
+    order = np.argsort(cols[0], kind="stable")
+    cols, w = [c[order] for c in cols], w[order]
     ux, ix = np.unique(cols[0], return_inverse=True)
 
     def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -242,21 +244,25 @@ def _bgnbd_terms(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarr
     d_b2_b = special.digamma(b + ux) - dig_abx - dig_b + dig_ab
     d_b3_a = special.digamma(a + 1) - dig_abx - dig_a + dig_ab
     d_b3_b = np.where(pos, special.digamma(bx1) - dig_abx - dig_b + dig_ab, 0.0)
+    # rows are sorted by x (see _objective): the x = 0 rows come first and have no A3 term
+    n0 = int(np.searchsorted(x, 0.0, side="right"))
     rx = r + x
+    inv_aT = 1 / (alpha + T)
     log_aT = np.log(alpha + T)
-    log_at = np.log(alpha + t_x)
-    a2 = b2[ix] - rx * log_aT
-    a3 = b3[ix] - rx * log_at
+    xp, log_at = ix[n0:], np.log(alpha + t_x[n0:])
+    a2 = b2[xp] - rx[n0:] * log_aT[n0:]
+    a3 = b3[xp] - rx[n0:] * log_at
     m = np.logaddexp(a2, a3)
-    ww3 = w * np.exp(a3 - m)
-    ww2 = w - ww3
+    ww3 = w[n0:] * np.exp(a3 - m)
+    ww2 = w.copy()
+    ww2[n0:] -= ww3
     sw = np.bincount(ix, weights=w, minlength=len(ux))
     s2 = np.bincount(ix, weights=ww2, minlength=len(ux))
-    s3 = np.bincount(ix, weights=ww3, minlength=len(ux))
-    ll = float(lg @ sw + w @ m)
+    s3 = np.bincount(xp, weights=ww3, minlength=len(ux))
+    ll = float(lg @ sw + b2[0] * w[:n0].sum() - (w[:n0] * r) @ log_aT[:n0] + w[n0:] @ m)
     grad = np.array([
         d_lg_r @ sw - ww2 @ log_aT - ww3 @ log_at,
-        r / alpha * sw.sum() - (ww2 * rx) @ (1 / (alpha + T)) - (ww3 * rx) @ (1 / (alpha + t_x)),
+        r / alpha * sw.sum() - (ww2 * rx) @ inv_aT - (ww3 * rx[n0:]) @ (1 / (alpha + t_x[n0:])),
         d_b2_a @ s2 + d_b3_a @ s3,
         d_b2_b @ s2 + d_b3_b @ s3,
     ])
@@ -373,8 +379,8 @@ def bgnbd_next_purchase(fit: BGNBDFit, x: ArrayLike, T: ArrayLike, as_of: str | 
 # ---------------------------------------------------------------------------------------------------- Gamma-Gamma
 
 
-def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, w: np.ndarray, ux: np.ndarray, ix: np.ndarray
-              ) -> tuple[float, np.ndarray]:
+def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, log_z: np.ndarray, w: np.ndarray, ux: np.ndarray,
+              ix: np.ndarray) -> tuple[float, np.ndarray]:
     """Gamma-Gamma log-likelihood and gradient in natural parameters; terms of x alone computed once per distinct x."""
     p, q, g = params
     pux = p * ux
@@ -384,7 +390,6 @@ def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, w: np.ndarray, u
     d_q = dig - special.digamma(q) + np.log(g)
     sw = np.bincount(ix, weights=w, minlength=len(ux))
     px = p * x
-    log_z = np.log(z)
     gxz = g + x * z
     log_gxz = np.log(gxz)
     ll = lg @ sw + w @ ((px - 1) * log_z - (px + q) * log_gxz)
@@ -416,7 +421,7 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike, weights: ArrayL
         raise InputError(f"fit_gamma_gamma: only {len(x)} customers with repeat purchases; need at least 10.")
     cols, w = _collapse(x, z, weights=w)
     x0 = np.log([1.0, 1.0, float(np.average(cols[1], weights=w))])
-    est, ll, se, converged, nit, message = _fit_ml(_gg_terms, cols, w, x0, ["p", "q", "gamma"])
+    est, ll, se, converged, nit, message = _fit_ml(_gg_terms, [*cols, np.log(cols[1])], w, x0, ["p", "q", "gamma"])
     return GammaGammaFit(*map(float, est), log_likelihood=ll, se=se, converged=converged,
                          n_customers=int(round(w.sum())), iterations=nit, message=message)
 

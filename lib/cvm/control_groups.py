@@ -81,15 +81,16 @@ def _quotas(cell_by: np.ndarray, cell_n: np.ndarray, by_values: Sequence[object]
     if n_control is None:
         share = np.array([control_share.get(b, np.nan) if isinstance(control_share, Mapping) else control_share
                           for b in by_values], dtype=float)[cell_by]
-        if np.isnan(share).any() or (share < 0).any() or (share >= 1).any():
+        bad = np.isnan(share) | (share < 0) | (share >= 1)
+        if bad.any():
             raise InputError("assign_control: every arm needs a control share in [0, 1); missing or invalid for "
-                             f"{sorted({str(by_values[b]) for b in cell_by[np.isnan(share) | (share < 0) | (share >= 1)]})}.")
+                             f"{sorted({str(by_values[b]) for b in cell_by[bad]})}.")
         return np.floor(share * cell_n + 0.5).astype(np.int64)
     total = np.array([n_control.get(b, -1) for b in by_values], dtype=np.int64)
     arm_n = np.bincount(cell_by, weights=cell_n, minlength=len(by_values))
     if (total < 0).any() or (total > arm_n).any():
         raise InputError("assign_control: n_control must give 0 <= n <= customers of the arm for every arm; check "
-                         f"{[str(b) for b, t, a in zip(by_values, total, arm_n) if t < 0 or t > a]}.")
+                         f"{[str(b) for b, t, a in zip(by_values, total, arm_n, strict=True) if t < 0 or t > a]}.")
     exact = total[cell_by] * cell_n / arm_n[cell_by]
     quota = np.floor(exact).astype(np.int64)
     short = total - np.bincount(cell_by, weights=quota, minlength=len(by_values)).astype(np.int64)

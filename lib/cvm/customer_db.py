@@ -266,3 +266,14 @@ def data_summary(tables: dict[str, Validated], con: duckdb.DuckDBPyConnection) -
         out["n_customers"] = con.execute("SELECT COUNT(*) FROM customer").fetchone()[0]
         out["silos"] = {r["sources"]: int(r["customers"]) for _, r in silos(con).iterrows()}
     return out
+
+
+def export_parquet(con: duckdb.DuckDBPyConnection, out_dir: str | Path, tables: list[str]) -> list[Path]:
+    """Copy database tables to `<out_dir>/<table>.parquet` (those that exist) for tools that read files."""
+    written = []
+    for name in tables:
+        if has_table(con, name):
+            path = Path(out_dir) / f"{name}.parquet"
+            con.execute(f"COPY {name} TO '{path}' (FORMAT parquet)")
+            written.append(path)
+    return written

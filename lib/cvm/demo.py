@@ -248,7 +248,7 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     day = np.minimum(np.floor(occ).astype(np.int64), as_of_day - 1)
     keep = np.ones(len(day), dtype=bool)
     keep[1:] = (owner[1:] != owner[:-1]) | (day[1:] != day[:-1])
-    merged = int((~keep).sum())
+    merged_c = np.bincount(owner[~keep], minlength=m)
     owner, day = owner[keep], day[keep]
     n_orders_c = np.bincount(owner, minlength=m)
     ostarts = np.cumsum(n_orders_c) - n_orders_c
@@ -354,8 +354,9 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
         "customer_id": cid, "lam": lam, "p_drop": p_drop, "alive_at_as_of": alive, "nu": nu,
         "uplift_segment": _labels(SEGMENTS, segment), "first_purchase_date": _dates(first_ts),
         "dropout_date": pa.array(dropout_ts, pa.int64(), mask=alive).cast(pa.timestamp("us")),
+        "same_day_merged": merged_c,
     })
-    return _Chunk(customers, loyalty, tx, contacts, truth, n_ord, merged)
+    return _Chunk(customers, loyalty, tx, contacts, truth, n_ord, int(merged_c.sum()))
 
 
 def _contacts(rng: np.random.Generator, rules: dict[str, Any], campaigns: pd.DataFrame, cid: pa.Array,
@@ -455,9 +456,9 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
     campaigns.to_csv(paths["campaigns"], index=False, date_format="%Y-%m-%d")
     g_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     an = rules["anomalies"]
-    n_bulk = min(n_customers, max(an["bulk_min"], round(an["bulk_share"] * n_customers)))
-    picked = g_rng.choice(n_customers, size=min(n_customers, 2 * n_bulk + an["returner_min"]
-                                                 + round(an["returner_share"] * n_customers)), replace=False)
+    n_bulk = max(an["bulk_min"], round(an["bulk_share"] * n_customers))
+    n_returners = max(an["returner_min"], round(an["returner_share"] * n_customers))
+    picked = g_rng.choice(n_customers, size=min(n_customers, n_bulk + n_returners), replace=False)
     bulk, returners = np.sort(picked[:n_bulk]), np.sort(picked[n_bulk:])
     writers: dict[str, pq.ParquetWriter | pa_csv.CSVWriter] = {}
     schemas: dict[str, pa.Schema] = {}
@@ -505,7 +506,7 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
 def _uplift_truth(customer_truth: pd.DataFrame, response: dict[str, Any]) -> pd.DataFrame:
     """Long table segment x campaign type x channel x discount: the uplift of an alive customer (before clipping)
     and, over the segment's customers at as_of, mean p_control and mean uplift (dead customers and clipping included)."""
-    seg = pd.Categorical(customer_truth["uplift_segment"], categories=SEGMENTS).codes.astype(np.int64)
+    seg = pd.Index(SEGMENTS).get_indexer(customer_truth["uplift_segment"].astype(object)).astype(np.int64)
     alive = customer_truth["alive_at_as_of"].to_numpy(bool)
     p_c = np.where(alive, -np.expm1(-customer_truth["lam"].to_numpy(float) * response["window_days"] / WEEK_DAYS), 0.0)
     n_seg = np.bincount(seg, minlength=len(SEGMENTS))
@@ -553,7 +554,7 @@ def _alive_at(customer_truth: pd.DataFrame, at: pd.Series | pd.Timestamp, as_of:
 
 
 def _codes(values: pd.Series, allowed: tuple[str, ...], table: str, column: str) -> np.ndarray:
-    codes = pd.Categorical(values, categories=allowed).codes
+    codes = pd.Index(allowed).get_indexer(pd.Series(values).astype(object))
     if (codes < 0).any():
         bad = pd.Series(values)[codes < 0]
         raise InputError(f"{table}: column '{column}' has {len(bad):,} rows outside {', '.join(allowed)} "

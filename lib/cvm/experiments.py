@@ -722,6 +722,7 @@ def recommend(row: Mapping[str, Any] | pd.Series, rules: Mapping[str, Any] | Non
     Order: "check set-up" (srm_p_value below the threshold), "stop" (interval of the decision metric below 0),
     "scale" (above 0, with the capacity note when given), "continue: need N more contacts per group" (power
     calculation), else "stop: no effect" when the sample could already have seen the smallest lift worth having.
+    Merge `srm_table` onto the `arm_results` rows first for the set-up check.
     """
     rules = dict(load_rules() if rules is None else rules)
     msg = rules["messages"]

@@ -341,7 +341,7 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
     found.append(pd.DataFrame({"kind": "capacity", "channel": over["channel"],
                                date_col: as_of.normalize() + pd.to_timedelta(over["week"] * 7 + 1, "D"),
                                "detail": [f"{n} contacts in planning week {w} (capacity {c:g})"
-                                          for n, w, c in zip(over["n"], over["week"], cap[over.index])]}))
+                                          for n, w, c in zip(over["n"], over["week"], cap[over.index], strict=True)]}))
     if offers is not None:
         by_id = {o.offer_id: o for o in offers}
         counts = p["offer_id"].value_counts()

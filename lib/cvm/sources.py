@@ -56,8 +56,12 @@ def _csv_options(src: SourceConfig) -> dict:
 
 
 def read_header(src: SourceConfig) -> list[str]:
-    """The file's column names, read cheaply, with the same errors as a full read."""
-    return list(read_raw(src, nrows=5).columns)
+    """The file's column names, read cheaply, with the same errors as a full read (a header without rows included)."""
+    head = read_raw(src, nrows=5)
+    rows = pq.ParquetFile(src.path).metadata.num_rows if file_kind(src.path) == "parquet" else len(head)
+    if rows == 0:
+        raise InputError(f"{src.table}: file {src.path} has a header but no rows.")
+    return list(head.columns)
 
 
 def read_raw(src: SourceConfig, nrows: int | None = None) -> pd.DataFrame:
