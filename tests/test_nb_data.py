@@ -26,3 +26,4 @@ def test_demo_data_step(demo_config: Path, demo_dir: Path) -> None:
     assert summary["n_customers"] == len(set(crm["customer_id"]) | set(tx["customer_id"]))
     html = (result.run_dir / "data" / "report.html").read_text()
     assert "@example.com" not in html
+    assert not any(phone in html for phone in crm["phone"].dropna()), "no phone number in the client report"

@@ -16,7 +16,6 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-PHONE = re.compile(r"(?<![\w.-])\+?\d[\d ()./-]{7,}\d(?![\w.-])")
 PII_COLUMNS = ("email", "phone")
 
 
