@@ -1,4 +1,5 @@
-"""Tests of cvm.features: hand-made transactions with the nasty cases, and the CDNOW summary published by Fader & Hardie."""
+"""Tests of cvm.features: hand-made transactions with the nasty cases, and the CDNOW summary published by Fader and
+Hardie."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -142,6 +142,9 @@ def test_check_plan_finds_every_kind(policy, offers):
     kinds = set(found["kind"])
     assert {"consent", "quiet days", "cool-down", "weekly cap", "monthly cap", "capacity", "budget"} <= kinds
     assert len(check_plan(plan.iloc[:0], customers, history, policy, AS_OF, offers=offers)) == 0
+    vip_in_november = plan.iloc[[0]].assign(offer_id="VIP-EARLY-ACCESS", contact_date=pd.Timestamp("2026-11-03"))
+    assert check_plan(vip_in_november, customers, history, policy, AS_OF, offers=offers)["kind"].tolist() == [
+        "offer validity"]
     control = plan.assign(group="control")                                  # control rows are not contacted
     assert len(check_plan(control, customers, history, tight, AS_OF, offers=offers)) == 0
 

@@ -51,7 +51,7 @@ def sim() -> dict:
     return {"test": test, "preds": preds}
 
 
-# ---------------------------------------------------------------------------------------------------------------- metrics
+# ---------------------------------------------------------------------------------------------------- metrics
 
 TINY = pd.DataFrame({"score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "t": [1, 0, 1, 0, 1, 0], "y": [1, 0, 0, 1, 1, 0]})
 
@@ -118,7 +118,7 @@ def test_calibration_table_hand_computed():
     assert isinstance(u.plot_calibration(table), Figure)
 
 
-# ------------------------------------------------------------------------------------------------ simulation, known truth
+# ---------------------------------------------------------------------------------------- simulation, known truth
 
 @pytest.mark.parametrize("method", ["two_model", "x_learner"])
 def test_models_rank_by_true_uplift(sim, method):
@@ -212,7 +212,7 @@ def test_best_discount_recovers_true_price_sensitivity(campaigns):
     assert scores["expected_order_value"].mean() == pytest.approx(100, rel=0.1)  # gamma(4, 25) has mean 100
 
 
-def test_holdout_by_campaign_matches_observed(campaigns):
+def test_holdout_by_campaign_matches_truth(campaigns):
     """Simulation with known truth: on held-out campaigns C1 (10 %) and C5 (20 %), trained on the other five, the
     mean predicted uplift is within 0.04 of the TRUE mean uplift (C1: (0.15 + 0.04) / 2 = 0.095, C5:
     (0.20 + 0.05) / 2 = 0.125; the model is conservative about discount steps) and the Qini is positive (the
@@ -224,7 +224,7 @@ def test_holdout_by_campaign_matches_observed(campaigns):
     assert (table["n_treated"] + table["n_control"] == table["n"]).all()
 
 
-# ----------------------------------------------------------------------------------------------------------------- money
+# ---------------------------------------------------------------------------------------------------- money
 
 def test_incremental_margin_hand_computed():
     """Truth by hand: (0.3 - 0.2) * 100 * 0.40 - 0.10 * 100 * 0.3 - 0.5 = 4 - 3 - 0.5 = 0.5; a sure thing
@@ -258,7 +258,7 @@ def test_best_discount_hand_computed():
         u.best_discount(scores.assign(expected_order_value=np.nan), 40, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------------------------- priors
+# ---------------------------------------------------------------------------------------------------- priors
 
 def test_default_priors_cover_every_campaign_type():
     priors = u.load_priors()
@@ -305,7 +305,7 @@ def test_score_offer_uses_model_only_with_history(campaigns):
         assert (u.score_offer(customers, offer, model)["source"] == "prior").all()
 
 
-# ------------------------------------------------------------------------------------------------------------ bad input
+# ---------------------------------------------------------------------------------------------------- bad input
 
 def test_fit_rejects_bad_history():
     history = simulate(400, 3)
@@ -319,7 +319,7 @@ def test_fit_rejects_bad_history():
         u.fit_uplift_model(history.assign(converted=False), SIM_FEATURES, value_col=None)
 
 
-# -------------------------------------------------------------------------------------------------------------- real data
+# ---------------------------------------------------------------------------------------------------- real data
 
 @pytest.mark.real
 def test_bank_marketing_response_model(real_data: Path):

@@ -11,9 +11,9 @@ units) and the date as_of + median; read it together with P(alive).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -542,8 +542,8 @@ def cumulative_tracking(fit: BGNBDFit, daily_counts: pd.DataFrame, calibration_e
                          "calibration": period_end <= pd.Timestamp(calibration_end)})
 
 
-def plot_holdout_by_frequency(result: HoldoutResult, unit_label: str = "weeks") -> Figure:
-    """Bar-and-line chart of mean actual vs predicted holdout purchases by calibration frequency."""
+def plot_holdout_by_frequency(result: HoldoutResult) -> Figure:
+    """Grouped bars of mean actual vs predicted holdout purchases by calibration frequency (FHL 2005 fig. 3)."""
     t = result.table
     fig, ax = plt.subplots(figsize=(8, 4.5))
     pos = np.arange(len(t))
@@ -560,7 +560,8 @@ def plot_holdout_by_frequency(result: HoldoutResult, unit_label: str = "weeks") 
 
 
 def plot_cumulative_tracking(tracking: pd.DataFrame, unit_label: str = "weeks") -> Figure:
-    """Line chart of cumulative actual vs predicted repeat purchases with the calibration end marked."""
+    """Cumulative actual vs predicted repeat purchases per period with the calibration end marked (FHL 2005 fig. 2);
+    `tracking` is the output of `cumulative_tracking` and unit_label names its time unit."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(tracking["period"], tracking["actual_cum"], label="Actual", color="#4c72b0")
     ax.plot(tracking["period"], tracking["predicted_cum"], "--", label="BG/NBD predicted", color="#dd8452")
@@ -570,7 +571,7 @@ def plot_cumulative_tracking(tracking: pd.DataFrame, unit_label: str = "weeks") 
         ax.annotate("end of calibration", (cal.max(), 0), xytext=(4, 4), textcoords="offset points", color="grey")
     last = tracking.iloc[-1]
     gap = (last["predicted_cum"] - last["actual_cum"]) / last["actual_cum"] * 100 if last["actual_cum"] else 0.0
-    ax.set_title(f"Cumulative repeat purchases: model within {gap:+.1f} % at the end")
+    ax.set_title(f"Cumulative repeat purchases: the model is {gap:+.1f} % off the actual at the end")
     ax.set_xlabel(f"Time since first cohort purchase ({unit_label})")
     ax.set_ylabel("Cumulative repeat purchases")
     ax.legend()

@@ -10,10 +10,11 @@ Definitions (the notebook and the CLV model rely on them):
 * an *order* is a distinct (customer_id, order_id); a *purchase order* has net amount >= 0 and at least one
   non-return line;
 * a *purchase day* is a calendar day whose net amount is >= 0 and that has at least one non-return line. Zero-value
-  purchases count (CDNOW has 8 $0 purchases that the published summaries count); a day with only returns does not;
+  purchases count (in CDNOW 8 customers whose only purchase is $0 are in the published summaries); a day with only
+  returns does not;
 * recency_days, tenure_days, ``T`` are measured to end = ``calibration_end`` when given, else ``as_of``;
-* ``x`` = purchase days - 1 (repeat purchase occasions), ``t_x`` = last - first purchase day, ``T`` = end - first purchase
-  day, all in ``time_unit`` (D = 1 day, W = 7 days, M = 365.25 / 12 days), where end = ``calibration_end`` or ``as_of``;
+* ``x`` = purchase days - 1 (repeat purchase occasions), ``t_x`` = last - first purchase day, ``T`` = end - first
+  purchase day, all in ``time_unit`` (D = 1 day, W = 7 days, M = 365.25 / 12 days);
 * ``mean_repeat_value`` = mean net value of the repeat purchase days (first purchase day excluded), NaN when x = 0.
 
 Customers whose only rows in the window are returns keep a row with n_orders = 0 and NaN BTYD fields.
@@ -71,9 +72,9 @@ SQL: dict[str, str] = {
         LEFT JOIN order_agg o ON l.customer_id = o.customer_id
         LEFT JOIN day_agg p ON l.customer_id = p.customer_id""",
     "top_values": """
-        SELECT CAST({col} AS VARCHAR) AS v, SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS value
+        SELECT CAST({col} AS STRING) AS v, SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS value
         FROM ({lines}) t WHERE {col} IS NOT NULL
-        GROUP BY CAST({col} AS VARCHAR) ORDER BY value DESC, v LIMIT {limit}""",
+        GROUP BY CAST({col} AS STRING) ORDER BY value DESC, v LIMIT {limit}""",
     "holdout": """
         WITH lines AS ({lines}),
         days AS (
@@ -143,7 +144,7 @@ def _share_aggs(con: duckdb.DuckDBPyConnection, lines: str, col: str, top: int) 
         if name in names:
             continue
         names.append(name)
-        aggs.append(f"SUM(CASE WHEN amount > 0 AND CAST({col} AS VARCHAR) = {_quote(v)} THEN amount ELSE 0 END) "
+        aggs.append(f"SUM(CASE WHEN amount > 0 AND CAST({col} AS STRING) = {_quote(v)} THEN amount ELSE 0 END) "
                     f"AS {name}")
     return "".join(",\n                   " + a for a in aggs), names
 

@@ -110,7 +110,7 @@ def _range(value: object, key: str, name: str, bins: int, where: Path) -> tuple[
     return low, high
 
 
-def _grid(rules: list[SegmentRule], bins: int) -> tuple[pd.DataFrame, list[str]]:
+def _grid(rules: list[SegmentRule], bins: int) -> tuple[pd.DataFrame, list[list[str]]]:
     """All score cells (r x f, plus m when a rule uses m or fm) and the rule names that match each cell."""
     keys = ["r", "f"] + (["m"] if any(rule.m or rule.fm for rule in rules) else [])
     cells = pd.DataFrame(list(itertools.product(range(1, bins + 1), repeat=len(keys))),
@@ -118,7 +118,7 @@ def _grid(rules: list[SegmentRule], bins: int) -> tuple[pd.DataFrame, list[str]]
     if "m_score" not in cells:
         cells["m_score"] = 1
     masks = _masks(cells, rules)
-    names = [", ".join(r.name for r, m in zip(rules, row) if m) for row in np.column_stack(masks)]
+    names = [[r.name for r, m in zip(rules, row) if m] for row in np.column_stack(masks)]
     return cells[[SCORE_COLS[k] for k in keys]], names
 
 
@@ -142,7 +142,7 @@ def check_rules(rules: list[SegmentRule]) -> list[str]:
     cells, names = _grid(rules, bins)
     label = [" ".join(f"{c[0].upper()}={v}" for c, v in zip(cells.columns, row)) for row in cells.to_numpy()]
     uncovered = [lab for lab, n in zip(label, names) if not n]
-    overlap = [f"{lab} ({n})" for lab, n in zip(label, names) if "," in n]
+    overlap = [f"{lab} ({', '.join(n)})" for lab, n in zip(label, names) if len(n) > 1]
     problems = []
     if uncovered:
         problems.append(f"{len(uncovered)} score cell(s) match no segment and would be '{OTHER}': "
@@ -303,3 +303,8 @@ def plot_pair_matrices(scores: RFMResult, features: pd.DataFrame,
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def rules_table(rules: list[SegmentRule]) -> pd.DataFrame:
+    """Segment name, description and recommended action, for the segment table shown to the client."""
+    return pd.DataFrame([{"segment": r.name, "description": r.description, "action": r.action} for r in rules])

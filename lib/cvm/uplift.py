@@ -55,7 +55,6 @@ PROPENSITY_CLIP = (0.05, 0.95)
 BOOSTING: dict[str, Any] = {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 15, "min_samples_leaf": 50,
                             "l2_regularization": 1.0, "early_stopping": True, "validation_fraction": 0.15,
                             "n_iter_no_change": 20}
-BOOSTING_MAX_ITER = 200
 TRUE_TEXT = {"1", "1.0", "true", "yes", "y", "t", "treatment", "treated"}
 FALSE_TEXT = {"0", "0.0", "false", "no", "n", "f", "control"}
 
@@ -137,9 +136,9 @@ class _Encoder:
 
 
 def _classifier(encoder: _Encoder, seed: int, calibration: Calibration,
-                monotone: Mapping[str, int] | None, max_iter: int = BOOSTING_MAX_ITER) -> Any:
+                monotone: Mapping[str, int] | None, max_iter: int | None = None) -> Any:
     cst = [int((monotone or {}).get(c, 0)) for c in encoder.features]
-    base = HistGradientBoostingClassifier(**{**BOOSTING, "max_iter": max_iter},
+    base = HistGradientBoostingClassifier(**{**BOOSTING, "max_iter": max_iter or BOOSTING["max_iter"]},
                                           categorical_features=encoder.categorical, monotonic_cst=cst,
                                           random_state=seed)
     if calibration == "none":
@@ -147,9 +146,8 @@ def _classifier(encoder: _Encoder, seed: int, calibration: Calibration,
     return CalibratedClassifierCV(base, method=calibration, cv=StratifiedKFold(3, shuffle=True, random_state=seed))
 
 
-def _regressor(encoder: _Encoder, seed: int, loss: str = "squared_error") -> HistGradientBoostingRegressor:
-    return HistGradientBoostingRegressor(**BOOSTING, loss=loss, categorical_features=encoder.categorical,
-                                         random_state=seed)
+def _regressor(encoder: _Encoder, seed: int) -> HistGradientBoostingRegressor:
+    return HistGradientBoostingRegressor(**BOOSTING, categorical_features=encoder.categorical, random_state=seed)
 
 
 def _fit_arm(x: np.ndarray, y: np.ndarray, encoder: _Encoder, seed: int, calibration: Calibration,

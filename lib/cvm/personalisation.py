@@ -1,0 +1,816 @@
+"""Glue of the personalisation step: who gets which offer, on which channel, at what discount, when.
+
+The models and solvers live elsewhere (`cvm.uplift`, `cvm.offers`, `cvm.policy`, `cvm.assignment`,
+`cvm.control_groups`); this module chains them the way the notebook presents them:
+
+1. `prepare`: the customers (the knowledge step's `customer_knowledge` plus behaviour features), the offer catalogue, the
+   contact policy, the contact history, the launch dates and the global holdout.
+2. `learn`: the uplift model trained on past campaigns with control groups (features at each contact date), the prior
+   table (the package default, or the previous run's `monitoring_feedback` when `priors_from` is given), and which
+   source scores each (offer, channel, discount).
+3. `score`: every allowed (customer, offer, channel, discount, date) with P(convert | contacted), P(convert | not),
+   expected order value and the expected incremental margin (`value`).
+4. `make_plan`: the assignment (exact MILP when small, the Lagrangian solver otherwise), the randomised control groups
+   per campaign, the campaigns with expected figures and ranges, the policy check.
+5. Outputs: target lists per channel, contract `contacts` rows, tables in the run database, campaign card contents.
+6. `diffusive_vs_targeted` and, on the demo, `oracle_check` against the generator's true response.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cvm import assignment, control_groups, customer_db, features as feat, knowledge, offers as off, policy as pol
+from cvm import uplift
+from cvm.errors import InputError
+
+#: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
+#: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)
+BEHAVIOUR = ("days_since_last", "purchase_days", "days_since_first", "avg_order_value", "alive_prob", "p_buy_window")
+#: offer attributes of the model (set from the offer at scoring time)
+OFFER_FEATURES = ("type", "channel", "discount_pct")
+MODEL_FEATURES = (*BEHAVIOUR, *OFFER_FEATURES)
+#: more discount never lowers the response (also true of the negative uplifts of 'do not disturb' customers)
+MONOTONE = {"discount_pct": 1}
+#: covariates of the balance table
+BALANCE = ("recency_days", "n_orders", "monetary", "clv", "p_alive", "rfm_segment")
+Z95 = 1.959964
+
+
+# ------------------------------------------------------------------------------------------------------------ inputs
+
+@dataclass
+class Setup:
+    """Everything the plan is built from."""
+
+    as_of: pd.Timestamp
+    customers: pd.DataFrame          # customer_knowledge + behaviour features, holdout and anomalies removed
+    holdout: pd.DataFrame            # global holdout: customer_id, rfm_segment (never contacted)
+    offers: list[off.Offer]
+    policy: pol.ContactPolicy
+    history: pd.DataFrame            # past contacts (contract table), empty when the client has none
+    campaigns: pd.DataFrame          # past campaigns (contract table), empty when none
+    dates: list[pd.Timestamp]
+    bgnbd: Any                       # the BG/NBD fit behind p_alive / p_buy_window
+    window_days: int
+    segment_col: str = "rfm_segment"
+
+
+def load_knowledge(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The knowledge step's `customer_knowledge` table (one row per customer)."""
+    if not customer_db.has_table(con, "customer_knowledge"):
+        raise InputError("customer database: table 'customer_knowledge' is missing. Run the knowledge step first "
+                         "(steps: [data, knowledge, personalisation]).")
+    table = con.table("customer_knowledge").df()
+    need = ["customer_id", "rfm_segment", "last_purchase", "expected_order_value"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise InputError(f"customer_knowledge: column(s) {missing} missing ({len(table)} rows); re-run the knowledge "
+                         "step with the current version.")
+    return table
+
+
+def launch_dates(as_of: str | pd.Timestamp, dates: str | Sequence[str] | None, n_launches: int,
+                 every_days: int = 7) -> list[pd.Timestamp]:
+    """The launch dates: the given ones (a list or comma-separated text), else `n_launches` weekly launches from
+    as_of + every_days."""
+    if isinstance(dates, str):
+        dates = [d.strip() for d in dates.split(",") if d.strip()]
+    if dates:
+        try:
+            out = sorted(pd.Timestamp(d).normalize() for d in dates)
+        except ValueError as exc:
+            raise InputError(f"launch_dates: {dates} holds a value that is not a date; use YYYY-MM-DD.") from exc
+    else:
+        if n_launches < 1:
+            raise InputError(f"n_launches must be at least 1, got {n_launches}.")
+        out = [pd.Timestamp(as_of).normalize() + pd.Timedelta(days=every_days * (k + 1)) for k in range(n_launches)]
+    if out[0] <= pd.Timestamp(as_of):
+        raise InputError(f"launch_dates: {out[0].date()} is not after as_of {pd.Timestamp(as_of).date()}.")
+    return out
+
+
+def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, at: Sequence[pd.Timestamp] | None,
+                 bgnbd: Any, window_days: int) -> pd.DataFrame:
+    """Behaviour features of every customer as seen on each date of `at` (None: as_of), one row per (customer, at):
+    days_since_last, purchase_days, days_since_first, avg_order_value (net per order), and from the BG/NBD fit
+    alive_prob and p_buy_window (expected purchases in the next `window_days`, the attribution window). The fit's
+    population parameters are the as_of ones; each customer's history is cut at the day before `at`."""
+    as_of = pd.Timestamp(as_of)
+    parts = []
+    for day in (at if at is not None else [as_of]):
+        day = pd.Timestamp(day).normalize()
+        cal = None if day >= as_of else (day - pd.Timedelta(days=1)).date().isoformat()
+        f = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W", calibration_end=cal)
+        ok = f["x"].notna() & (f["T"] > 0)
+        x, t_x, big_t = (f.loc[ok, c].to_numpy() for c in ("x", "t_x", "T"))
+        p_alive = np.full(len(f), np.nan)
+        p_buy = np.full(len(f), np.nan)
+        p_alive[ok.to_numpy()] = knowledge.clv.bgnbd_p_alive(bgnbd, x, t_x, big_t)
+        p_buy[ok.to_numpy()] = knowledge.clv.bgnbd_expected_purchases(bgnbd, window_days / 7.0, x, t_x, big_t)
+        parts.append(pd.DataFrame({"customer_id": f["customer_id"], "at": day,
+                                   "days_since_last": f["recency_days"].astype(float),
+                                   "purchase_days": f["n_purchase_days"].astype(float),
+                                   "days_since_first": f["tenure_days"].astype(float),
+                                   "avg_order_value": f["monetary_mean"].astype(float),
+                                   "alive_prob": p_alive, "p_buy_window": p_buy}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_path: str | Path,
+            policy_path: str | Path, dates: str | Sequence[str] | None = None, n_launches: int = 2,
+            seed: int = 0, window_days: int = 14, exclude_anomalies: bool = True) -> Setup:
+    """Read the inputs, add behaviour features to the knowledge table, draw the global holdout (stratified by RFM
+    segment, seeded) and drop it, with the flagged anomalies, from the customers the plan may contact."""
+    as_of = pd.Timestamp(as_of).normalize()
+    policy = pol.load_policy(policy_path)
+    offers = off.load_offers(offers_path)
+    know = load_knowledge(con)
+    base = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W")
+    excluded = know.loc[know.get("anomaly_flag", pd.Series(False, index=know.index)).fillna(False).astype(bool),
+                        "customer_id"]
+    bgnbd = knowledge.fit_clv(base, excluded).bgnbd
+    behaviour = behaviour_at(con, as_of, None, bgnbd, window_days).drop(columns="at")
+    customers = know.drop(columns=[c for c in BEHAVIOUR if c in know.columns]).merge(behaviour, on="customer_id",
+                                                                                     how="left")
+    customers["expected_order_value"] = pd.to_numeric(customers["expected_order_value"], errors="coerce").astype(float)
+    fallback = customers["expected_order_value"].median()
+    customers["expected_order_value"] = customers["expected_order_value"].fillna(fallback if fallback > 0 else 0.0)
+    if exclude_anomalies and "anomaly_flag" in customers.columns:
+        customers = customers[~customers["anomaly_flag"].fillna(False).astype(bool)]
+    holdout = pd.DataFrame(columns=["customer_id", "rfm_segment"])
+    if policy.global_holdout_share > 0:
+        drawn = control_groups.global_holdout(customers[["customer_id", "rfm_segment"]], policy.global_holdout_share,
+                                              ["rfm_segment"], seed)
+        holdout = drawn[drawn["group"] == "control"].drop(columns="group")
+        customers = customers[~customers["customer_id"].isin(holdout["customer_id"])]
+    history = con.table("contacts").df() if customer_db.has_table(con, "contacts") else pd.DataFrame()
+    campaigns = con.table("campaigns").df() if customer_db.has_table(con, "campaigns") else pd.DataFrame()
+    return Setup(as_of, customers.reset_index(drop=True), holdout.reset_index(drop=True), offers, policy, history,
+                 campaigns, launch_dates(as_of, dates, n_launches, max(policy.week_days, policy.min_days_between)),
+                 bgnbd, window_days)
+
+
+def offers_sentence(setup: Setup) -> str:
+    """What the plan works with."""
+    dates = ", ".join(d.strftime("%d %b %Y") for d in setup.dates)
+    return (f"{len(setup.customers):,} customers may be contacted ({len(setup.holdout):,} kept aside as a global "
+            f"holdout that no campaign touches, to measure the whole programme); {len(setup.offers)} offers in the "
+            f"catalogue; launches on {dates}; contact budget {setup.policy.budget or 0:,.0f}.")
+
+
+# ------------------------------------------------------------------------------------------------------- learning
+
+@dataclass
+class Estimates:
+    """The fitted model (None without usable history), the prior table and its label, and the history it learnt from."""
+
+    model: uplift.UpliftModel | None
+    priors: pd.DataFrame
+    prior_label: str
+    history: pd.DataFrame
+    note: str
+
+
+def training_history(setup: Setup, con: duckdb.DuckDBPyConnection, seed: int = 0) -> pd.DataFrame:
+    """Past contacts with the campaign type, the behaviour features at the contact date and the offer attributes.
+
+    A control row is not offered anything; it is given the discount of one of its campaign's treated arms at random
+    (seeded, in proportion to the arms' sizes), so that every arm has its share of the campaign's randomised control
+    group. Contacts without customer_id, date, campaign type or outcome are left out.
+    """
+    h = setup.history
+    need = ["customer_id", "campaign_id", "group", "contact_date", "converted"]
+    if h.empty or any(c not in h.columns for c in need) or setup.campaigns.empty:
+        return pd.DataFrame()
+    types = setup.campaigns.drop_duplicates("campaign_id").set_index("campaign_id")
+    h = h.dropna(subset=need).copy()
+    h["type"] = h["campaign_id"].map(types["type"])
+    if "channel" not in h.columns:
+        h["channel"] = h["campaign_id"].map(types["channel"]) if "channel" in types else pd.NA
+    h = h.dropna(subset=["type", "channel"])
+    h["discount_pct"] = pd.to_numeric(h.get("discount_pct"), errors="coerce").fillna(0.0)
+    h["contact_date"] = pd.to_datetime(h["contact_date"]).dt.normalize()
+    rng = np.random.default_rng(seed)
+    control = (h["group"] == "control").to_numpy()
+    for campaign, rows in h[~control].groupby("campaign_id"):
+        levels = rows["discount_pct"].value_counts(normalize=True).sort_index()
+        idx = np.flatnonzero(control & (h["campaign_id"] == campaign).to_numpy())
+        h.iloc[idx, h.columns.get_loc("discount_pct")] = rng.choice(levels.index.to_numpy(), len(idx),
+                                                                    p=levels.to_numpy())
+    dates = sorted(h["contact_date"].unique())
+    behaviour = behaviour_at(con, setup.as_of, dates, setup.bgnbd, setup.window_days)
+    out = h.merge(behaviour, left_on=["customer_id", "contact_date"], right_on=["customer_id", "at"], how="inner")
+    return out.drop(columns="at")
+
+
+def learn(setup: Setup, con: duckdb.DuckDBPyConnection, method: str = "two_model", priors_from: str = "",
+          seed: int = 0) -> Estimates:
+    """Fit the uplift model on the history (when there is enough) and load the priors for the other offers.
+
+    priors_from: a previous run folder (its database's `monitoring_feedback` table is read), a Parquet/CSV file of that
+    table, or a prior YAML file; empty: the package default `rules/uplift_priors.yaml`.
+    """
+    history = training_history(setup, con, seed)
+    model, note = None, "no campaign history with control groups: every estimate comes from the prior table"
+    if len(history):
+        try:
+            model = uplift.fit_uplift_model(history, MODEL_FEATURES, value_col=None, method=method, seed=seed,
+                                            monotone=MONOTONE)
+            note = (f"uplift model ({method.replace('_', '-')}) trained on {model.n_treated:,} treated and "
+                    f"{model.n_control:,} control contacts of {history['campaign_id'].nunique()} past campaigns")
+        except InputError as exc:
+            note = f"the history is too thin for a model ({exc}); every estimate comes from the prior table"
+    priors, label = load_prior_source(priors_from)
+    return Estimates(model, priors, label, history, note)
+
+
+def load_prior_source(priors_from: str | Path = "") -> tuple[pd.DataFrame, str]:
+    """(prior table, label): 'feedback' for a previous run's monitoring_feedback, else 'prior'."""
+    if not priors_from:
+        return uplift.load_priors(None), "prior"
+    path = Path(priors_from)
+    if path.is_dir():
+        db_path = path / "customer.duckdb"
+        if not db_path.is_file():
+            raise InputError(f"priors_from: {path} has no customer.duckdb; point it at a previous run folder.")
+        con = duckdb.connect(str(db_path), read_only=True)
+        try:
+            if not customer_db.has_table(con, "monitoring_feedback"):
+                raise InputError(f"priors_from: {db_path} has no table 'monitoring_feedback'; run the monitoring "
+                                 "step in that run first, or leave priors_from empty.")
+            table = con.table("monitoring_feedback").df()
+        finally:
+            con.close()
+        return uplift.load_priors(table), "feedback"
+    if not path.is_file():
+        raise InputError(f"priors_from: {path} is neither a run folder nor a file.")
+    if path.suffix == ".parquet":
+        return uplift.load_priors(pd.read_parquet(path)), "feedback"
+    if path.suffix == ".csv":
+        return uplift.load_priors(pd.read_csv(path)), "feedback"
+    return uplift.load_priors(path), "prior"
+
+
+def estimate_sources(setup: Setup, est: Estimates) -> pd.DataFrame:
+    """Per offer, channel and discount level: where the estimate comes from (model / prior / feedback)."""
+    rows = []
+    for o in setup.offers:
+        for channel in o.channels:
+            for d in o.discount_levels:
+                seen = est.model is not None and est.model.has_history(
+                    {"type": o.campaign_type, "channel": channel, "discount_pct": d})
+                rows.append({"offer_id": o.offer_id, "campaign_type": o.campaign_type, "channel": channel,
+                             "discount_pct": d, "source": "model" if seen else est.prior_label})
+    return pd.DataFrame(rows)
+
+
+def sources_sentence(est: Estimates, sources: pd.DataFrame) -> str:
+    """Where the estimates come from, in one sentence."""
+    counts = sources["source"].value_counts()
+    parts = ", ".join(f"{n} from the {s}" for s, n in counts.items())
+    return f"The {note_start(est.note)}. Of the {len(sources)} offer variants (offer x channel x discount), {parts}."
+
+
+def note_start(note: str) -> str:
+    """A note as the continuation of a sentence."""
+    return note[0].lower() + note[1:] if note else note
+
+
+@dataclass
+class Validation:
+    """Held-out campaign validation: the per-campaign table, pooled Qini curves and the calibration table."""
+
+    table: pd.DataFrame
+    curves: dict[str, pd.DataFrame]
+    calibration: pd.DataFrame
+
+
+def validate(est: Estimates, method: str = "two_model", n_campaigns: int = 3, seed: int = 0) -> Validation | None:
+    """Refit without each of the last `n_campaigns` past campaigns and score it: Qini, AUUC, uplift@30 %, observed vs
+    predicted uplift, and calibration of predicted vs observed response of the treated rows. None without history."""
+    h = est.history
+    if est.model is None or h["campaign_id"].nunique() < 2 or n_campaigns < 1:
+        return None
+    last = (h.groupby("campaign_id")["contact_date"].min().sort_values().index[-n_campaigns:]).tolist()
+    table = uplift.holdout_by_campaign(h, MODEL_FEATURES, held_out=last, method=method, k=0.3, seed=seed)
+    test = h[h["campaign_id"].isin(last)]
+    train = h[~h["campaign_id"].isin(last)]
+    model = uplift.fit_uplift_model(train, MODEL_FEATURES, value_col=None, method=method, seed=seed,
+                                    monotone=MONOTONE)
+    pred = model.predict(test)
+    treated = (test["group"] == "treatment").to_numpy()
+    curves = {"uplift model": uplift.qini_curve(test["converted"], test["group"], pred["uplift"]),
+              "P(buy anyway), lowest first": uplift.qini_curve(test["converted"], test["group"], -pred["p_control"])}
+    bins = max(2, min(10, int(treated.sum()) // 50))
+    calib = uplift.calibration_table(pred["p_treated"][treated], test["converted"][treated], bins=bins)
+    return Validation(table, curves, calib)
+
+
+def validation_sentence(v: Validation | None) -> str:
+    """The validation headline."""
+    if v is None:
+        return "No held-out validation: there is no campaign history to learn from."
+    t = v.table
+    return (f"On {len(t)} held-out campaigns the model predicted a mean uplift of {t['predicted_uplift'].mean():+.1%} "
+            f"against {t['observed_uplift'].mean():+.1%} observed; mean Qini coefficient {t['qini'].mean():.2f} "
+            "(0 = random targeting, 1 = perfect). Campaigns of a few hundred customers are noisy: read the Qini "
+            "with its campaign size.")
+
+
+# --------------------------------------------------------------------------------------------------------- scoring
+
+def _variants(cands: pd.DataFrame) -> pd.DataFrame:
+    return cands[["offer_id", "campaign_type", "channel", "discount_pct"]].drop_duplicates()
+
+
+def candidate_contacts(setup: Setup) -> tuple[pd.DataFrame, pd.Series]:
+    """Every eligible (customer, offer, channel, discount, date) the contact policy allows, and each customer's cap."""
+    cands = off.build_candidates(setup.customers, setup.offers, setup.dates)
+    history = setup.history if len(setup.history) else pd.DataFrame(columns=["customer_id", "contact_date", "group"])
+    allowed, cap = pol.apply_policy(cands, setup.customers, history, setup.policy, setup.as_of)
+    return allowed, cap
+
+
+def score(setup: Setup, est: Estimates, cands: pd.DataFrame) -> pd.DataFrame:
+    """The candidates with p_treated, p_control, uplift, expected_order_value, source and `value`, the expected
+    incremental margin: uplift x order value x margin - discount x order value x P(redeem) (dilution) - contact cost."""
+    cust = setup.customers.set_index("customer_id")
+    parts = []
+    for v in _variants(cands).itertuples(index=False):
+        rows = cands[(cands["offer_id"] == v.offer_id) & (cands["channel"] == v.channel)
+                     & (cands["discount_pct"] == v.discount_pct)]
+        ids = rows["customer_id"].unique()
+        who = cust.loc[ids].reset_index()
+        offer = {"type": v.campaign_type, "channel": v.channel, "discount_pct": float(v.discount_pct)}
+        s = uplift.score_offer(who, offer, est.model, est.priors, setup.segment_col, "expected_order_value")
+        s.loc[s["source"] == "prior", "source"] = est.prior_label
+        s["customer_id"] = ids
+        parts.append(rows.merge(s, on="customer_id", how="left"))
+    cols = ["p_treated", "p_control", "uplift", "expected_order_value", "source"]
+    out = pd.concat(parts, ignore_index=True) if parts else cands.assign(**{c: pd.Series(dtype=float) for c in cols})
+    out["value"] = uplift.incremental_margin(out["p_treated"], out["p_control"], out["expected_order_value"],
+                                             out["margin_pct"], out["discount_pct"], out["cost"])
+    return out
+
+
+def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
+                   customers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per offer and segment, each discount level's mean uplift and total expected incremental margin (cheapest
+    channel, first launch), with `best` marking the level that earns most for the whole segment."""
+    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    cheapest = first.loc[first.groupby(["customer_id", "offer_id", "discount_pct"])["cost"].idxmin()]
+    if segment_col not in cheapest.columns and customers is not None:
+        cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
+    parts = []
+    for offer_id, rows in cheapest.groupby("offer_id"):
+        choice = uplift.best_discount(rows.assign(cost_per_contact=rows["cost"]), float(rows["margin_pct"].iloc[0]),
+                                      rows["cost"].to_numpy(), segment_col=segment_col)
+        parts.append(choice.per_segment.assign(offer_id=offer_id))
+    out = pd.concat(parts, ignore_index=True)
+    return out[["offer_id", segment_col, "discount_pct", "n", "p_control", "p_treated", "uplift", "margin", "best"]]
+
+
+def discount_sentence(table: pd.DataFrame, segment_col: str = "rfm_segment") -> str:
+    """Where a discount pays and where it only gives margin away."""
+    best = table[table["best"]]
+    varied = best.groupby("offer_id")["discount_pct"].nunique()
+    varied = varied[varied > 1]
+    losing = best[best["margin"] <= 0]
+    text = (f"For {len(varied)} of {best['offer_id'].nunique()} offers the best discount differs by segment"
+            + (f" (e.g. {varied.index[0]})" if len(varied) else "") + ". ")
+    if len(losing):
+        text += (f"In {len(losing)} offer-segment pairs even the best level loses money: those customers are not "
+                 "contacted with that offer.")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------------------ plan
+
+@dataclass
+class Plan:
+    """The solved plan: assignment (solver output), plan rows with groups, campaigns, constraints, violations."""
+
+    assignment: assignment.Assignment
+    rows: pd.DataFrame
+    campaigns: pd.DataFrame
+    controls: pd.DataFrame
+    violations: pd.DataFrame
+    n_eligible: int
+
+
+def solve(scored: pd.DataFrame, setup: Setup, cap: pd.Series, max_exact_rows: int = 20_000,
+          seed: int = 0) -> assignment.Assignment:
+    """The best plan under the policy: exact MILP when at most `max_exact_rows` candidates have a positive value,
+    else the scalable Lagrangian solver (its bound and gap say how far from optimal it can be)."""
+    constraints = pol.constraints_for(setup.policy, setup.offers, cap)
+    if int((scored["value"] > 0).sum()) <= max_exact_rows:
+        return assignment.solve_exact(scored, constraints)
+    return assignment.solve_scalable(scored, constraints, seed=seed)
+
+
+def _campaign_id(frame: pd.DataFrame) -> pd.Series:
+    return frame["offer_id"].astype(str) + "-" + pd.to_datetime(frame["contact_date"]).dt.strftime("%Y%m%d")
+
+
+def make_plan(setup: Setup, scored: pd.DataFrame, cap: pd.Series, max_exact_rows: int = 20_000,
+              seed: int = 0) -> Plan:
+    """Solve, then draw each campaign's randomised control group (share from the policy: fixed or a power
+    calculation), stratified by arm and segment, and check the plan against the policy."""
+    solved = solve(scored, setup, cap, max_exact_rows, seed)
+    rows = solved.plan.copy()
+    rows["campaign_id"] = _campaign_id(rows)
+    rows["arm"] = rows["discount_pct"].map(lambda d: f"{d:g}pct") + "_" + rows["channel"].astype(str)
+    seg = setup.customers.set_index("customer_id")[setup.segment_col]
+    rows[setup.segment_col] = rows["customer_id"].map(seg).astype("string").fillna("unknown")
+    shares = control_shares(rows, setup.policy)
+    if len(rows):
+        rows = control_groups.assign_control(rows, ["arm", setup.segment_col],
+                                             control_share=shares.set_index("campaign_id")["share"].to_dict(),
+                                             by="campaign_id", seed=seed)
+    else:
+        rows["group"] = pd.Series(dtype="string")
+    history = setup.history if len(setup.history) else pd.DataFrame(columns=["customer_id", "contact_date", "group"])
+    violations = pol.check_plan(rows, setup.customers, history, setup.policy, setup.as_of, setup.offers)
+    n_eligible = int(scored["customer_id"].nunique())
+    return Plan(solved, rows, campaign_table(rows), shares, violations, n_eligible)
+
+
+def control_shares(rows: pd.DataFrame, policy: pol.ContactPolicy) -> pd.DataFrame:
+    """Control share per campaign (offer x launch date) from the policy's rule for the offer or its type."""
+    parts = []
+    for campaign_id, part in rows.groupby("campaign_id", sort=True):
+        shares = control_groups.control_shares(part, policy)
+        parts.append(shares.assign(campaign_id=campaign_id))
+    cols = ["campaign_id", "offer_id", "n_customers", "rule", "share", "powered"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def campaign_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per campaign: treated and control counts, expected redemptions, extra revenue and extra margin, each
+    with a 95 % range from outcome randomness alone (binomial conversions; model error is not included)."""
+    if rows.empty:
+        return pd.DataFrame(columns=["campaign_id", "offer_id", "campaign_type", "contact_date", "channels", "discounts",
+                                     "n_treated", "n_control", "cost", "expected_conversion_rate",
+                                     "expected_incremental_revenue", "expected_incremental_margin"])
+    t = rows[rows["group"] == "treatment"].copy()
+    v, d, m = t["expected_order_value"], t["discount_pct"] / 100, t["margin_pct"] / 100
+    t["_rev"] = t["p_treated"] * v * (1 - d) - t["p_control"] * v
+    var_conv = t["p_treated"] * (1 - t["p_treated"]) + t["p_control"] * (1 - t["p_control"])
+    t["_var_rev"] = var_conv * v ** 2
+    t["_var_margin"] = var_conv * (v * m) ** 2
+    agg = t.groupby("campaign_id").agg(
+        offer_id=("offer_id", "first"), campaign_type=("campaign_type", "first"),
+        contact_date=("contact_date", "first"), channels=("channel", lambda s: ", ".join(sorted(set(s)))),
+        discounts=("discount_pct", lambda s: ", ".join(f"{x:g}%" for x in sorted(set(s)))),
+        n_treated=("customer_id", "size"), cost=("cost", "sum"), expected_conversion_rate=("p_treated", "mean"),
+        expected_conversions=("p_treated", "sum"), expected_incremental_revenue=("_rev", "sum"),
+        var_rev=("_var_rev", "sum"), expected_incremental_margin=("value", "sum"), var_margin=("_var_margin", "sum"),
+        expected_control_rate=("p_control", "mean"))
+    agg["n_control"] = rows[rows["group"] == "control"].groupby("campaign_id").size().reindex(agg.index).fillna(0)
+    agg["n_control"] = agg["n_control"].astype(int)
+    for what, var in (("revenue", "var_rev"), ("margin", "var_margin")):
+        half = Z95 * np.sqrt(agg[var])
+        agg[f"{what}_low"] = agg[f"expected_incremental_{what}"] - half
+        agg[f"{what}_high"] = agg[f"expected_incremental_{what}"] + half
+    cols = ["offer_id", "campaign_type", "contact_date", "channels", "discounts", "n_treated", "n_control", "cost",
+            "expected_conversion_rate", "expected_control_rate", "expected_conversions",
+            "expected_incremental_revenue", "revenue_low", "revenue_high", "expected_incremental_margin",
+            "margin_low", "margin_high"]
+    return agg[cols].reset_index().sort_values(["contact_date", "campaign_id"], ignore_index=True)
+
+
+def constraint_table(solved: assignment.Assignment) -> pd.DataFrame:
+    """The solver's coupling constraints: capacity, use, binding, and what one more unit is worth (LP dual)."""
+    table = solved.constraints.reset_index()
+    return table.sort_values(["binding", "dual"], ascending=[False, False], ignore_index=True)
+
+
+def plan_sentence(plan: Plan) -> str:
+    """The plan in one sentence, with its optimality certificate."""
+    a = plan.assignment
+    binding = plan.assignment.constraints
+    binding = binding[binding["binding"]]
+    treated = int((plan.rows["group"] == "treatment").sum())
+    text = (f"Of {plan.n_eligible:,} customers with at least one allowed offer, {plan.rows['customer_id'].nunique():,} "
+            f"are in the plan ({treated:,} contacts to send, {int((plan.rows['group'] == 'control').sum()):,} kept as "
+            f"control). Expected extra margin {a.objective:,.0f} before control groups; the solver ({a.solver}) proves "
+            f"no plan can beat {a.bound:,.0f} (gap {a.gap:.2%}). Customers whose best offer has an expected uplift "
+            "in margin of zero or less are not contacted.")
+    if len(binding):
+        top = binding.sort_values("dual", ascending=False).index[0]
+        text += (f" Binding: {', '.join(binding.index[:4])}; one more unit of {top} is worth "
+                 f"{binding['dual'].iloc[0]:,.2f}.")
+    else:
+        text += " No capacity or budget limit binds: value, consent and contact caps decide."
+    return text
+
+
+def balance(plan: Plan, customers: pd.DataFrame) -> pd.DataFrame:
+    """Treatment vs control balance of the plan (standardised mean differences), over all campaigns."""
+    cols = [c for c in BALANCE if c in customers.columns]
+    frame = plan.rows[["customer_id", "group"]].merge(customers[["customer_id", *cols]], on="customer_id", how="left")
+    if frame["group"].nunique() < 2:
+        return pd.DataFrame(columns=["mean_treatment", "mean_control", "smd", "imbalanced"])
+    return control_groups.balance_table(frame, cols).reset_index()
+
+
+def balance_sentence(table: pd.DataFrame) -> str:
+    """Whether randomisation produced comparable groups."""
+    if table.empty:
+        return "No control group in this plan, so no balance to check."
+    bad = table[table["imbalanced"]]
+    worst = table["smd"].abs().max()
+    if bad.empty:
+        return (f"Treatment and control groups are comparable on every covariate (largest standardised difference "
+                f"{worst:.2f}, threshold 0.10): the measured lift will be the campaign's effect.")
+    return (f"{len(bad)} covariate(s) differ by more than 0.10 standard deviations ({', '.join(bad['covariate'][:3])})"
+            ": small campaigns; use the covariate-adjusted estimate (CUPED) when measuring them.")
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+
+def calendar(plan: Plan) -> pd.DataFrame:
+    """The launch calendar: one row per campaign in date order."""
+    c = plan.campaigns
+    return c[["contact_date", "campaign_id", "offer_id", "campaign_type", "channels", "discounts", "n_treated",
+              "n_control", "expected_incremental_margin"]]
+
+
+def plot_calendar(plan: Plan) -> Figure:
+    """Contacts per launch date and channel: the workload of each week."""
+    t = plan.rows[plan.rows["group"] == "treatment"]
+    counts = t.groupby([pd.to_datetime(t["contact_date"]).dt.strftime("%d %b"), "channel"]).size().unstack(fill_value=0)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    counts.plot.bar(stacked=True, ax=ax, rot=0, color=[CHANNEL_COLOURS.get(c, "#888888") for c in counts.columns])
+    ax.set_xlabel("launch date")
+    ax.set_ylabel("contacts sent (control excluded)")
+    busiest = counts.sum(axis=1)
+    ax.set_title(f"The busiest launch sends {int(busiest.max()):,} contacts" if len(busiest) else "No contacts")
+    return fig
+
+
+CHANNEL_COLOURS = {"email": "#4C72B0", "sms": "#DD8452", "post": "#55A868", "phone": "#C44E52"}
+
+
+def target_lists(plan: Plan, customers: pd.DataFrame, out_dir: str | Path,
+                 include_contact_details: bool = False) -> list[Path]:
+    """`<out_dir>/target_lists/<channel>.csv`: customer_id, offer_id, campaign_id, discount, arm, group, contact_date,
+    control rows included (they must NOT be contacted); e-mail / phone only when asked, and only on treatment rows."""
+    folder = Path(out_dir) / "target_lists"
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = ["customer_id", "offer_id", "campaign_id", "discount_pct", "arm", "group", "contact_date"]
+    rows = plan.rows[cols + ["channel"]].rename(columns={"discount_pct": "discount"})
+    rows["contact_date"] = pd.to_datetime(rows["contact_date"]).dt.strftime("%Y-%m-%d")
+    if include_contact_details:
+        details = [c for c in ("email", "phone") if c in customers.columns]
+        rows = rows.merge(customers[["customer_id", *details]], on="customer_id", how="left")
+        for c in details:
+            rows[c] = rows[c].where(rows["group"] == "treatment")
+    paths = []
+    for channel, part in rows.groupby("channel", sort=True):
+        path = folder / f"{channel}.csv"
+        part.drop(columns="channel").sort_values(["contact_date", "campaign_id", "group", "customer_id"]).to_csv(
+            path, index=False)
+        paths.append(path)
+    return paths
+
+
+def contacts_rows(plan: Plan) -> pd.DataFrame:
+    """The plan as contract `contacts` rows (control rows included) for the monitoring step."""
+    return control_groups.to_contacts(plan.rows)
+
+
+def save(con: duckdb.DuckDBPyConnection, plan: Plan, out_dir: str | Path) -> list[Path]:
+    """Tables `plan` (every planned row with its estimates), `plan_campaigns`, `plan_contacts` (contract rows) and
+    `plan_holdout` in the run database, and the same as Parquet (`contacts_plan.parquet` for the contacts)."""
+    out_dir = Path(out_dir)
+    frames = {"plan": plan.rows, "plan_campaigns": plan.campaigns, "plan_contacts": contacts_rows(plan)}
+    files = {"plan": "plan.parquet", "plan_campaigns": "plan_campaigns.parquet",
+             "plan_contacts": "contacts_plan.parquet"}
+    paths = []
+    for name, frame in frames.items():
+        con.register("_frame", frame)
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
+        con.unregister("_frame")
+        path = out_dir / files[name]
+        frame.to_parquet(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def save_holdout(con: duckdb.DuckDBPyConnection, setup: Setup, out_dir: str | Path) -> Path:
+    """The global holdout (customers no campaign of this plan contacts) as table `plan_holdout` and Parquet."""
+    frame = setup.holdout.assign(as_of=setup.as_of)
+    con.register("_frame", frame)
+    con.execute("CREATE OR REPLACE TABLE plan_holdout AS SELECT * FROM _frame")
+    con.unregister("_frame")
+    path = Path(out_dir) / "plan_holdout.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def card_contents(plan: Plan, setup: Setup) -> list[dict[str, Any]]:
+    """What each campaign card says: goal, target, offer, discount, channel, counts, expected figures with ranges."""
+    by_id = {o.offer_id: o for o in setup.offers}
+    cards = []
+    for c in plan.campaigns.itertuples(index=False):
+        o = by_id[c.offer_id]
+        target = "; ".join(f"{k} {v}" for k, v in o.eligibility.items()) or "every customer"
+        cards.append({
+            "campaign_id": c.campaign_id, "title": f"{o.name} ({c.campaign_id})",
+            "fields": {
+                "Goal / type": f"{o.campaign_type}: {o.description}",
+                "Target definition": f"{target}; consent for the channel, contact policy respected, expected extra "
+                                     "margin above zero",
+                "Offer and discount": f"{o.name}; discount {c.discounts}",
+                "Channel": c.channels, "Launch date": pd.Timestamp(c.contact_date).strftime("%Y-%m-%d"),
+                "Treated / control": f"{c.n_treated:,} / {c.n_control:,}",
+                "Contact cost": f"{c.cost:,.2f}",
+                "Expected redemption rate": f"{c.expected_conversion_rate:.1%} (without contact "
+                                            f"{c.expected_control_rate:.1%})",
+                "Expected extra revenue": f"{c.expected_incremental_revenue:,.0f} "
+                                          f"(95% range {c.revenue_low:,.0f} to {c.revenue_high:,.0f})",
+                "Expected extra margin": f"{c.expected_incremental_margin:,.0f} "
+                                         f"(95% range {c.margin_low:,.0f} to {c.margin_high:,.0f})",
+            }})
+    return cards
+
+
+def write_cards(plan: Plan, setup: Setup, out_dir: str | Path) -> list[Path]:
+    """One HTML card per campaign in `<out_dir>/cards/`, rendered by `cvm.cards`."""
+    from cvm import cards
+
+    folder = Path(out_dir) / "cards"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [cards.render_card(card["title"], card["fields"], folder / f"{card['campaign_id']}.html")
+            for card in card_contents(plan, setup)]
+
+
+# ----------------------------------------------------------------------------------------------------- comparisons
+
+def diffusive_vs_targeted(scored: pd.DataFrame, plan: Plan, seed: int = 0) -> pd.DataFrame:
+    """The plan against a diffusive campaign of the same budget: every eligible customer, in random order (seeded)
+    until the plan's contact spend is reached, gets on the first launch date one offer he is eligible for (at random)
+    at its highest discount on his cheapest allowed channel. Expected contacts, redemption rate, sales, extra margin
+    and the margin given away to customers who would have bought anyway (dilution)."""
+    treated = plan.rows[plan.rows["group"] == "treatment"]
+    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    rng = np.random.default_rng(seed)
+    top = first[first["discount_pct"] == first.groupby("offer_id")["discount_pct"].transform("max")]
+    pick = top.assign(_u=rng.random(len(top))).sort_values(["customer_id", "_u"])
+    per_offer = pick.drop_duplicates(["customer_id", "offer_id"])
+    cheapest = per_offer.sort_values(["customer_id", "cost", "_u"]).drop_duplicates("customer_id")
+    order = cheapest.sample(frac=1.0, random_state=seed)
+    spend = float(treated["cost"].sum())
+    diffusive = order[order["cost"].cumsum() <= spend + 1e-9]
+    rows = []
+    for name, frame in (("targeted (plan)", treated), ("diffusive, same budget", diffusive)):
+        v, d = frame["expected_order_value"], frame["discount_pct"] / 100
+        rows.append({"approach": name, "contacts": len(frame), "cost": float(frame["cost"].sum()),
+                     "expected_redemption_rate": float(frame["p_treated"].mean()) if len(frame) else np.nan,
+                     "expected_sales": float((frame["p_treated"] * v * (1 - d)).sum()),
+                     "expected_incremental_margin": float(frame["value"].sum()),
+                     "margin_lost_to_dilution": float((d * v * frame["p_control"]).sum())})
+    return pd.DataFrame(rows)
+
+
+def diffusive_sentence(table: pd.DataFrame) -> str:
+    """The targeting gain in one sentence."""
+    t, d = table.iloc[0], table.iloc[1]
+    return (f"With the same contact budget ({t['cost']:,.0f}), the targeted plan is expected to earn "
+            f"{t['expected_incremental_margin']:,.0f} extra margin against {d['expected_incremental_margin']:,.0f} "
+            f"for a diffusive campaign, which would also give {d['margin_lost_to_dilution']:,.0f} of discount to "
+            f"customers who would have bought anyway (plan: {t['margin_lost_to_dilution']:,.0f}).")
+
+
+def true_values(scored: pd.DataFrame, truth_dir: str | Path) -> pd.Series:
+    """Demo only: the TRUE expected incremental margin of every scored candidate, from the generator's response
+    (`cvm.demo.true_response`, state at as_of, true order value). Customers without truth (test accounts) get 0."""
+    from cvm import demo
+
+    truth = demo.load_truth(Path(truth_dir))
+    ct = truth.customer_truth
+    out = pd.Series(0.0, index=scored.index)
+    for v in _variants(scored).itertuples(index=False):
+        mask = ((scored["offer_id"] == v.offer_id) & (scored["channel"] == v.channel)
+                & (scored["discount_pct"] == v.discount_pct)).to_numpy()
+        rows = scored[mask]
+        known = ct[ct["customer_id"].isin(rows["customer_id"].unique())]
+        resp = demo.true_response(known, v.campaign_type, v.channel, float(v.discount_pct), truth)
+        value = pd.Series(uplift.incremental_margin(resp["p_treated"], resp["p_control"],
+                                                    resp["expected_order_value"], rows["margin_pct"].iloc[0],
+                                                    v.discount_pct, 0.0), index=resp["customer_id"])
+        out[mask] = rows["customer_id"].map(value).fillna(0.0).to_numpy() - rows["cost"].to_numpy()
+    return out
+
+
+@dataclass
+class OracleCheck:
+    """Demo only: the plan's TRUE extra margin against the oracle plan's (same candidates, policy and solver)."""
+
+    plan_true_margin: float
+    oracle_true_margin: float
+    plan_expected_margin: float
+    table: pd.DataFrame
+
+    @property
+    def ratio(self) -> float:
+        return self.plan_true_margin / self.oracle_true_margin if self.oracle_true_margin > 0 else float("nan")
+
+
+def oracle_check(scored: pd.DataFrame, plan: Plan, setup: Setup, cap: pd.Series, truth_dir: str | Path,
+                 max_exact_rows: int = 20_000, seed: int = 0) -> OracleCheck:
+    """Assign with the TRUE response instead of the estimates (same candidates, policy, solver) and compare the true
+    extra margin of both plans, before control groups (the same random share is held back from both)."""
+    true = true_values(scored, truth_dir)
+    oracle = solve(scored.assign(value=true), setup, cap, max_exact_rows, seed)
+    keys = ["customer_id", "offer_id", "channel", "discount_pct", "contact_date"]
+    lookup = scored[keys].assign(true_value=true.to_numpy())
+    plan_true = plan.assignment.plan[keys].merge(lookup, on=keys, how="left")["true_value"].sum()
+    rows = []
+    for name, chosen, expected in (("plan (estimates)", plan.assignment.plan, plan.assignment.objective),
+                                   ("oracle (true response)", oracle.plan, np.nan)):
+        merged = chosen[keys].merge(lookup, on=keys, how="left")
+        rows.append({"plan": name, "contacts": len(chosen), "customers": chosen["customer_id"].nunique(),
+                     "expected_margin": expected, "true_margin": float(merged["true_value"].sum())})
+    return OracleCheck(float(plan_true), float(rows[1]["true_margin"]), float(plan.assignment.objective),
+                       pd.DataFrame(rows))
+
+
+def oracle_sentence(check: OracleCheck | None) -> str:
+    """How close the plan comes to the best possible plan (demo only)."""
+    if check is None:
+        return "No oracle check: this is not the demo (no generator truth)."
+    return (f"Judged by the generator's TRUE response, the plan earns {check.plan_true_margin:,.0f} extra margin, "
+            f"{check.ratio:.0%} of the {check.oracle_true_margin:,.0f} an oracle that knows every customer's true "
+            f"response would earn under the same policy (the plan expected {check.plan_expected_margin:,.0f}).")
+
+
+# ------------------------------------------------------------------------------------------- response on a CSV file
+
+def response_model_from_csv(path: str | Path, outcome: str, exclude: Sequence[str] = ("duration",),
+                            seed: int = 0) -> uplift.ResponseModel:
+    """A plain response model on a contact-history CSV (separator sniffed), without the columns in `exclude` (known
+    only after the contact, e.g. a call's duration); its AUC is measured on a stratified holdout."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"response_history: file not found: {path}.")
+    frame = pd.read_csv(path, sep=None, engine="python")
+    if outcome not in frame.columns:
+        raise InputError(f"{path}: outcome column '{outcome}' missing ({len(frame)} rows; columns "
+                         f"{list(frame.columns)[:20]}). Set response_outcome.")
+    features = [c for c in frame.columns if c != outcome and c not in exclude]
+    return uplift.fit_response_model(frame, features, outcome, seed=seed)
+
+
+def response_sentence(model: uplift.ResponseModel | None, path: str) -> str:
+    """The response model's headline."""
+    if model is None:
+        return "No contact-history file given (`response_history`): no separate response model in this run."
+    return (f"Response model on `{Path(path).name}` ({model.n_train + model.n_test:,} contacts, response rate "
+            f"{model.base_rate:.1%}): holdout AUC {model.auc:.3f} on {model.n_test:,} contacts, using only what is "
+            "known before the contact.")
+
+
+# ---------------------------------------------------------------------------------------------------------- summary
+
+def summary(plan: Plan, setup: Setup, est: Estimates, sources: pd.DataFrame, comparison: pd.DataFrame,
+            oracle: OracleCheck | None, validation: Validation | None,
+            response: uplift.ResponseModel | None) -> dict[str, Any]:
+    """The step's key figures for summary.json."""
+    a = plan.assignment
+    campaigns = [{"campaign_id": c.campaign_id, "offer_id": c.offer_id, "channel": c.channels,
+                  "contact_date": pd.Timestamp(c.contact_date).date().isoformat(), "n_treated": int(c.n_treated),
+                  "n_control": int(c.n_control), "expected_conversion_rate": float(c.expected_conversion_rate),
+                  "expected_incremental_margin": float(c.expected_incremental_margin)}
+                 for c in plan.campaigns.itertuples(index=False)]
+    out: dict[str, Any] = {
+        "n_customers": len(setup.customers) + len(setup.holdout), "n_global_holdout": len(setup.holdout),
+        "n_eligible": plan.n_eligible, "n_contacted": int((plan.rows["group"] == "treatment").sum()),
+        "n_customers_contacted": int(plan.rows.loc[plan.rows["group"] == "treatment", "customer_id"].nunique()),
+        "n_control": int((plan.rows["group"] == "control").sum()), "campaigns": campaigns,
+        "launch_dates": [d.date().isoformat() for d in setup.dates],
+        "expected_incremental_margin": float(a.objective), "lp_bound": float(a.bound),
+        "assignment_gap": float(a.gap), "solver": a.solver, "policy_violations": len(plan.violations),
+        "estimate_sources": sources["source"].value_counts().to_dict(), "model_trained": est.model is not None,
+        "diffusive_incremental_margin": float(comparison.iloc[1]["expected_incremental_margin"]),
+        "targeted_incremental_margin": float(comparison.iloc[0]["expected_incremental_margin"]),
+    }
+    if validation is not None:
+        out["validation_mean_qini"] = float(validation.table["qini"].mean())
+    if response is not None:
+        out["response_model_auc"] = response.auc
+    if oracle is not None:
+        out.update({"true_incremental_margin": oracle.plan_true_margin,
+                    "oracle_true_incremental_margin": oracle.oracle_true_margin, "oracle_ratio": oracle.ratio})
+    return out
