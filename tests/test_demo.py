@@ -69,6 +69,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) 
     assert a["transactions.parquet"] != c["transactions.parquet"]
     assert a["truth/customer_truth.parquet"] != c["truth/customer_truth.parquet"]
     assert a["campaigns.csv"] == c["campaigns.csv"]  # campaigns depend on as_of and the rules only
+    assert load_truth(tmp_path / "a" / "truth").customer_truth.equals(load_truth(tmp_path / "a").customer_truth)
 
 
 def test_bad_arguments_raise_input_error(tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ def test_tables_are_consistent_and_realistic(demo: tuple[dict[str, Path], DemoTr
     assert abs(customers["consent_email"].mean() - 0.70) < 0.03 and abs(customers["consent_sms"].mean() - 0.40) < 0.03
     assert 0.38 < len(loyalty) / N < 0.52
     assert customers.groupby("acquisition_channel")["acquisition_cost"].mean().nunique() == 6
-    assert (pd.to_datetime(tx["order_date"]) < pd.Timestamp(AS_OF)).all()
+    assert (pd.to_datetime(tx["order_date"]) < pd.Timestamp(AS_OF) + pd.Timedelta(days=1)).all()
     sales = tx[~tx["order_id"].str.startswith("R")]
     returns = tx[tx["order_id"].str.startswith("R")]
     assert (returns["amount"] < 0).all() and (returns["quantity"] < 0).all() and (sales["amount"] > 0).all()
@@ -125,9 +126,9 @@ def test_tables_are_consistent_and_realistic(demo: tuple[dict[str, Path], DemoTr
     assert lines.min() == 1 and lines.max() == 4
     prices = sales[sales["quantity"] < 10].groupby("category")["amount"].mean()
     assert 6 <= len(prices) <= 8 and prices.max() > 1.8 * prices.min()
-    days = sales.assign(day=sales["order_date"].dt.floor("D")).drop_duplicates("order_id")
-    regular = days[~days["customer_id"].isin(truth.anomalies["test_accounts"])]
-    assert not regular.duplicated(["customer_id", "day"]).any()  # one order per customer per day
+    times = sales.drop_duplicates("order_id")
+    regular = times[~times["customer_id"].isin(truth.anomalies["test_accounts"])]
+    assert not regular.duplicated(["customer_id", "order_date"]).any()  # every purchase is its own timed order
     assert 15 < len(tx) / N < 25
 
 
@@ -155,25 +156,22 @@ def test_truth_parameters_follow_their_distributions(demo: tuple[dict[str, Path]
     assert stats.kstest(ct["nu"], stats.gamma(gg["q"], scale=1 / gg["gamma"]).cdf).pvalue > 1e-3
 
 
-def test_repeat_purchase_days_match_bgnbd(demo: tuple[dict[str, Path], DemoTruth], tx: pd.DataFrame) -> None:
-    """Published closed forms (Fader, Hardie & Lee 2005) at the true parameters, per customer age T (weeks):
-    mean repeat purchases vs E[X(T)] (eq. 9) and the number of customers without repeat vs P(X(T)=0) =
-    (alpha/(alpha+T))^r, tolerance 4 SE. Counted as repeat purchase days plus the same-day purchases the generator
-    merged (customer_truth.same_day_merged), which makes the check exact; the merged share is reported in truth.json."""
+def test_repeat_purchases_match_bgnbd(demo: tuple[dict[str, Path], DemoTruth], tx: pd.DataFrame) -> None:
+    """Published closed forms (Fader, Hardie & Lee 2005) at the true parameters, per customer age T (weeks, to the end
+    of the as_of day): mean repeat purchases vs E[X(T)] (eq. 9) and the number of customers without repeat vs
+    P(X(T)=0) = (alpha/(alpha+T))^r, tolerance 4 SE. Counted as purchase orders (each purchase is its own order)."""
     _, truth = demo
     sales = _clean_sales(tx, truth)
-    days = sales.assign(day=sales["order_date"].dt.floor("D")).groupby("customer_id").agg(
-        n=("day", "nunique"), first=("order_date", "min"))
-    t = ((truth.as_of - days["first"]).dt.total_seconds() / 86400 / 7).to_numpy()
-    merged = days.index.map(truth.customer_truth.set_index("customer_id")["same_day_merged"]).to_numpy()
-    x = days["n"].to_numpy() - 1 + merged
+    orders = sales.groupby("customer_id").agg(n=("order_id", "nunique"), first=("order_date", "min"))
+    end = truth.as_of + pd.Timedelta(days=1)
+    t = ((end - orders["first"]).dt.total_seconds() / 86400 / 7).to_numpy()
+    x = orders["n"].to_numpy() - 1
     bg = truth.bgnbd
     expected = _bgnbd_expected(t, bg["r"], bg["alpha"], bg["a"], bg["b"])
     resid = x - expected
     assert abs(resid.mean()) < 4 * resid.std() / np.sqrt(len(x))
     p0 = (bg["alpha"] / (bg["alpha"] + t)) ** bg["r"]
     assert abs((x == 0).sum() - p0.sum()) < 4 * np.sqrt((p0 * (1 - p0)).sum())
-    assert truth.customer_truth["same_day_merged"].sum() == truth.counting["same_day_merged"]
     assert 0.15 < (x == 0).mean() < 0.4  # many one-time buyers
 
 

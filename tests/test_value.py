@@ -87,7 +87,7 @@ def test_cohort_retention_by_hand() -> None:
     assert q[["cohort_size", "active"]].values.tolist() == [[6, 6]]
     w = cohort_retention(_tx(), "2024-01-21", period="W")   # A Fri 5 Jan: week of Mon 1 Jan; G, B in later weeks
     assert w["cohort"].min() == pd.Timestamp("2024-01-01") and w["cohort_size"].groupby(w["cohort"]).first().sum() == 3
-    assert plot_cohort_heatmap(r.reset_index().assign()).axes
+    assert "buy again in the month after" in plot_cohort_heatmap(r.reset_index()).axes[0].get_title()
     with pytest.raises(InputError, match="period"):
         cohort_retention(_tx(), AS_OF, period="Y")
 

@@ -110,9 +110,10 @@ def _labels(features_cal: pd.DataFrame, holdout_purchases: pd.Series | pd.DataFr
             raise InputError(f"fit_churn_classifier: the holdout frame needs '{id_col}' and 'holdout_purchases' "
                              f"(cvm.features.holdout_purchases).")
         holdout_purchases = holdout_purchases.set_index(id_col)["holdout_purchases"]
-    if holdout_purchases.index.duplicated().any():
-        raise InputError(f"fit_churn_classifier: holdout purchases have {int(holdout_purchases.index.duplicated().sum())}"
-                         f" duplicated customer id(s); give one value per customer.")
+    dup = holdout_purchases.index.duplicated()
+    if dup.any():
+        raise InputError(f"fit_churn_classifier: holdout purchases have {int(dup.sum())} duplicated customer id(s); "
+                         f"give one value per customer.")
     counts = features_cal[id_col].map(holdout_purchases).fillna(0).to_numpy(dtype=float)
     return counts == 0
 

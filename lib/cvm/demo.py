@@ -5,13 +5,15 @@ The process (parameters in `rules/demo.yaml`, copied into `truth/truth.json`):
 * Customers make their first purchase at a time spread over the `years` before `as_of`, with growing acquisitions.
 * Purchases follow the BG/NBD story exactly (Fader, Hardie & Lee 2005), time unit WEEKS: lambda ~ Gamma(r, alpha),
   p ~ Beta(a, b); while active a customer buys at Poisson rate lambda and after each repeat purchase drops out with
-  probability p. Purchases on the same calendar day are merged into one order (at most one order per customer per
-  day; the number merged is recorded in truth.json), so frequency = number of distinct purchase DAYS minus one.
+  probability p. Every purchase is its own order at its exact time (seconds), so the truth is recovered from
+  purchase ORDERS and their timestamps (`cvm.features.customer_features(..., btyd_basis="orders")`); counting
+  distinct purchase days would merge the ~3% of purchases that share a day and bias the rate downwards.
 * Order value follows Gamma-Gamma (Fader & Hardie note 025): nu ~ Gamma(q, gamma), order value ~ Gamma(p, nu).
   The truth applies to the gross order value (sum of the positive lines of one order_id); it is split over 1-4 lines.
 * Returns are separate rows (order_id "R" + original order_id, negative quantity and amount, 3-30 days later, only
   when before as_of). Anomalies (bulk buyers, extreme returners, test accounts) are listed in truth.json and must be
-  excluded, with returns, from BTYD truth checks. Every transaction is strictly before `as_of` (midnight).
+  excluded, with returns, from BTYD truth checks. Transactions run to the end of the `as_of` day (the playbook
+  counts that day as observed).
 * Campaign response: p_control = 1 - exp(-lambda * 14 days) for a customer alive at the contact date, else 0;
   p_treated = clip(p_control + uplift, 0, 1) with uplift = table[segment][type] x discount response x channel factor
   (negative uplifts use an annoyance factor instead). Campaign outcomes live only in contacts.parquet: campaign
@@ -30,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import yaml
@@ -109,6 +110,7 @@ def _choice(rng: np.random.Generator, shares: dict[str, float] | list[float], si
 
 
 def _dates(day_us: np.ndarray) -> pa.Array:
+    """Timestamps from microseconds since 1970-01-01."""
     return pa.array(day_us, pa.int64()).cast(pa.timestamp("us"))
 
 
@@ -192,7 +194,6 @@ class _Chunk:
     contacts: pa.Table
     truth: pa.Table
     n_orders: int
-    merged: int
 
 
 def _segments(lam: np.ndarray, nu: np.ndarray, rules: dict[str, Any]) -> np.ndarray:
@@ -214,7 +215,7 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     g = rules["acquisition"]["growth_per_year"]
     since_start = np.log1p(rng.random(m) * np.expm1(g * years)) / g
     t0 = as_of_day - (years - since_start) * 365.25
-    age_weeks = (as_of_day - t0) / WEEK_DAYS
+    age_weeks = (as_of_day + 1 - t0) / WEEK_DAYS  # purchases run to the end of the as_of day, which counts as seen
     # --- BG/NBD truth
     lam = rng.gamma(bg["r"], 1.0 / bg["alpha"], m)
     p_drop = np.clip(rng.beta(bg["a"], bg["b"], m), 1e-12, 1.0)
@@ -236,24 +237,17 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     last[has] = within[first[has] + x[has] - 1]
     rest = rng.gamma(n_poisson - x + 1.0)
     rep_days = t0[owner_rep] + WEEK_DAYS * age_weeks[owner_rep] * within / (last + rest)[owner_rep]
-    # --- purchase occasions: first purchase then repeats, per customer, merged per calendar day
+    # --- purchase occasions: first purchase then repeats, per customer, at their exact (continuous) times
     counts = 1 + x
-    starts = np.cumsum(counts) - counts
+    ostarts = np.cumsum(counts) - counts
     occ = np.empty(int(counts.sum()))
     is_first = np.zeros(len(occ), dtype=bool)
-    is_first[starts] = True
+    is_first[ostarts] = True
     occ[is_first] = t0
     occ[~is_first] = rep_days
     owner = np.repeat(np.arange(m), counts)
-    day = np.minimum(np.floor(occ).astype(np.int64), as_of_day - 1)
-    keep = np.ones(len(day), dtype=bool)
-    keep[1:] = (owner[1:] != owner[:-1]) | (day[1:] != day[:-1])
-    merged_c = np.bincount(owner[~keep], minlength=m)
-    owner, day = owner[keep], day[keep]
-    n_orders_c = np.bincount(owner, minlength=m)
-    ostarts = np.cumsum(n_orders_c) - n_orders_c
-    hour = np.where(rng.random(len(day)) < 0.5, rng.normal(12.5, 2.5, len(day)), rng.normal(19.0, 2.0, len(day)))
-    ts = day * DAY_US + (np.clip(hour, 7.0, 22.99) * 3600).astype(np.int64) * 1_000_000
+    n_orders_c = counts
+    ts = np.minimum(np.round(occ * 86_400).astype(np.int64) * 1_000_000, as_of_us + DAY_US - 1_000_000)
     first_ts = ts[ostarts]
     last_ts = ts[ostarts + n_orders_c - 1]
     dropout_ts = np.where(alive, np.iinfo(np.int64).max, last_ts)
@@ -313,7 +307,7 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
     ri = np.flatnonzero(rng.random(n_l) < ret_p)
     r_ts = ts[l_order[ri]] + (rng.uniform(rules["returns"]["min_days"], rules["returns"]["max_days"], len(ri))
                               * 86_400).astype(np.int64) * 1_000_000
-    ri, r_ts = ri[r_ts < as_of_us], r_ts[r_ts < as_of_us]
+    ri, r_ts = ri[r_ts < as_of_us + DAY_US], r_ts[r_ts < as_of_us + DAY_US]
     # --- transactions: sales then returns, sorted by customer and time
     row = np.concatenate([np.arange(n_l), ri])
     is_return = np.arange(len(row)) >= n_l
@@ -354,9 +348,8 @@ def _chunk(start: int, m: int, rng: np.random.Generator, rules: dict[str, Any], 
         "customer_id": cid, "lam": lam, "p_drop": p_drop, "alive_at_as_of": alive, "nu": nu,
         "uplift_segment": _labels(SEGMENTS, segment), "first_purchase_date": _dates(first_ts),
         "dropout_date": pa.array(dropout_ts, pa.int64(), mask=alive).cast(pa.timestamp("us")),
-        "same_day_merged": merged_c,
     })
-    return _Chunk(customers, loyalty, tx, contacts, truth, n_ord, int(merged_c.sum()))
+    return _Chunk(customers, loyalty, tx, contacts, truth, n_ord)
 
 
 def _contacts(rng: np.random.Generator, rules: dict[str, Any], campaigns: pd.DataFrame, cid: pa.Array,
@@ -402,7 +395,7 @@ def _contacts(rng: np.random.Generator, rules: dict[str, Any], campaigns: pd.Dat
 
 def _test_accounts(rules: dict[str, Any], rng: np.random.Generator, as_of_us: int,
                    order_offset: int) -> tuple[pa.Table, pa.Table]:
-    """TEST0001...: internal test accounts with many tiny orders (several a day), test@ e-mails."""
+    """TEST0001...: internal test accounts with many tiny orders (0.01 or 1.00) in the last weeks, test@ e-mails."""
     an = rules["anomalies"]
     k, n = an["test_accounts"], an["test_orders"]
     ids = pa.array([f"TEST{i:04d}" for i in range(1, k + 1)])
@@ -432,7 +425,9 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
     """Write the demo retailer (contract tables + truth/) into out_dir; returns {table name: path}.
 
     Tables: customers.csv, transactions.parquet, loyalty.csv, campaigns.csv, contacts.parquet; truth: truth/truth.json,
-    truth/customer_truth.parquet, truth/uplift_truth.csv. `rules` defaults to `rules/demo.yaml`.
+    truth/customer_truth.parquet, truth/uplift_truth.csv. `rules` defaults to `rules/demo.yaml`. Every transaction
+    ends with the as_of day; campaigns run in the year before it. Past contacts carry their outcomes (see
+    `simulate_outcomes`); a campaign's discount_pct is its first arm's, the per-row discount is in contacts.
     """
     if not 1 <= int(n_customers) <= MAX_CUSTOMERS:
         raise InputError(f"demo: n_customers must be between 1 and {MAX_CUSTOMERS:,}, got {n_customers}.")
@@ -462,13 +457,13 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
     bulk, returners = np.sort(picked[:n_bulk]), np.sort(picked[n_bulk:])
     writers: dict[str, pq.ParquetWriter | pa_csv.CSVWriter] = {}
     schemas: dict[str, pa.Schema] = {}
-    merged = n_orders = 0
+    n_orders = 0
     try:
         for k, start in enumerate(range(0, n_customers, CHUNK)):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k + 1,)))
             ch = _chunk(start, min(CHUNK, n_customers - start), rng, rules, as_of_us, years, bulk, returners,
                         campaigns, n_orders)
-            merged, n_orders = merged + ch.merged, n_orders + ch.n_orders
+            n_orders += ch.n_orders
             for name, table in (("transactions", ch.transactions), ("contacts", ch.contacts),
                                 ("customer_truth", ch.truth), ("customers", ch.customers), ("loyalty", ch.loyalty)):
                 if name not in writers:
@@ -493,10 +488,11 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
         "anomalies": {"bulk_buyers": ids[bulk].tolist(), "extreme_returners": ids[returners].tolist(),
                       "test_accounts": test_customers["customer_id"].to_pylist()},
         "counting": {
-            "frequency": "distinct purchase days of positive lines minus one (one order per customer per day)",
+            "frequency": "purchase orders minus one, at their exact timestamps (features btyd_basis='orders'); "
+                         "several orders may fall on one day",
             "exclude": "returns (order_id starting with R) and the anomalies",
             "monetary": "gross order value = sum of the positive lines of one order_id",
-            "orders": n_orders, "same_day_merged": merged,
+            "orders": n_orders,
         },
     }
     paths["truth"].write_text(json.dumps(truth, indent=2, sort_keys=True), encoding="utf-8")
@@ -505,7 +501,7 @@ def generate(out_dir: Path, n_customers: int = 5000, seed: int = 42, as_of: str 
 
 def _uplift_truth(customer_truth: pd.DataFrame, response: dict[str, Any]) -> pd.DataFrame:
     """Long table segment x campaign type x channel x discount: the uplift of an alive customer (before clipping)
-    and, over the segment's customers at as_of, mean p_control and mean uplift (dead customers and clipping included)."""
+    and, over the segment's customers at as_of, mean p_control and mean uplift (dead customers, clipping included)."""
     seg = pd.Index(SEGMENTS).get_indexer(customer_truth["uplift_segment"].astype(object)).astype(np.int64)
     alive = customer_truth["alive_at_as_of"].to_numpy(bool)
     p_c = np.where(alive, -np.expm1(-customer_truth["lam"].to_numpy(float) * response["window_days"] / WEEK_DAYS), 0.0)
@@ -529,8 +525,8 @@ def _uplift_truth(customer_truth: pd.DataFrame, response: dict[str, Any]) -> pd.
 
 
 def load_truth(out_dir: Path) -> DemoTruth:
-    """The truth written by `generate` into out_dir/truth/."""
-    folder = Path(out_dir) / "truth"
+    """The truth written by `generate` into out_dir/truth/ (out_dir or the truth folder itself may be given)."""
+    folder = Path(out_dir) if (Path(out_dir) / "truth.json").is_file() else Path(out_dir) / "truth"
     files = [folder / "truth.json", folder / "customer_truth.parquet", folder / "uplift_truth.csv"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -634,7 +630,8 @@ def simulate_outcomes(contacts: pd.DataFrame, truth: DemoTruth, seed: int,
     alive = _alive_at(rows, when, truth.as_of)
     seg = _codes(rows["uplift_segment"], SEGMENTS, "customer_truth", "uplift_segment")
     p_c, p_t = _probabilities(rows["lam"].to_numpy(float), seg, alive, ctype, ch, discount, truth.response)
-    out = _draw_outcomes(np.random.default_rng(seed), p_c, p_t, group == GROUPS.index("treatment"), ch, discount, rows["nu"].to_numpy(float),
+    treated = group == GROUPS.index("treatment")
+    out = _draw_outcomes(np.random.default_rng(seed), p_c, p_t, treated, ch, discount, rows["nu"].to_numpy(float),
                          truth.response, truth.gamma_gamma["p"])
     for name, values in out.items():
         frame[name] = values

@@ -40,13 +40,15 @@ REQUIRED = ("customer_id", "order_id", "order_date", "amount")
 #: {extra_aggs}, {col}, {cal_end}, {limit}.
 SQL: dict[str, str] = {
     "lines": """
-        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount{extra_line_cols}
+        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(order_date AS TIMESTAMP) AS ts,
+               CAST(amount AS DOUBLE) AS amount{extra_line_cols}
         FROM {table}
         WHERE CAST(order_date AS DATE) <= DATE '{end}'{start_filter}""",
     "features": """
         WITH lines AS ({lines}),
         orders AS (
-            SELECT customer_id, order_id, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+            SELECT customer_id, order_id, MIN(ts) AS ts, SUM(amount) AS net,
+                   MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
             FROM lines GROUP BY customer_id, order_id),
         days AS (
             SELECT customer_id, d, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
@@ -60,13 +62,15 @@ SQL: dict[str, str] = {
                    SUM(CASE WHEN amount < 0 THEN 1 ELSE 0 END) AS n_return_lines{extra_aggs}
             FROM lines GROUP BY customer_id),
         order_agg AS (
-            SELECT customer_id, SUM(CASE WHEN net >= 0 AND has_buy = 1 THEN 1 ELSE 0 END) AS n_orders
-            FROM orders GROUP BY customer_id),
+            SELECT customer_id, COUNT(*) AS n_orders, MIN(ts) AS first_order_ts, MAX(ts) AS last_order_ts,
+                   SUM(net) AS purchase_order_value, min_by(net, ts) AS first_order_value
+            FROM orders WHERE net >= 0 AND has_buy = 1 GROUP BY customer_id),
         day_agg AS (
             SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
                    SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
             FROM pdays GROUP BY customer_id)
-        SELECT l.*, o.n_orders, p.n_purchase_days, p.first_purchase, p.last_purchase, p.purchase_day_value,
+        SELECT l.*, o.n_orders, o.first_order_ts, o.last_order_ts, o.purchase_order_value, o.first_order_value,
+               p.n_purchase_days, p.first_purchase, p.last_purchase, p.purchase_day_value,
                p.first_day_value
         FROM line_agg l
         LEFT JOIN order_agg o ON l.customer_id = o.customer_id
@@ -158,13 +162,20 @@ def customer_features(
     time_unit: Literal["D", "W", "M"] = "W",
     calibration_end: str | None = None,
     top_categories: int = 8,
+    btyd_basis: Literal["days", "orders"] = "days",
 ) -> pd.DataFrame:
     """One row per customer with RFM, returns, discount, category/channel shares and the BTYD summary (x, t_x, T).
 
     Rows with order_date <= end are used, end = calibration_end when given (T is then measured to it) else as_of;
     `lookback_days` keeps only (end - lookback_days, end]. recency_days and tenure_days are measured to end too, so a
     calibration frame describes the customer as seen on calibration_end.
+
+    `btyd_basis` chooses what a purchase occasion is for x, t_x, T and mean_repeat_value: "days" (distinct purchase
+    days, dates only: CDNOW and most retail extracts) or "orders" (purchase orders at their timestamps, with T
+    measured to the end of the end day: for data with real order times, where several orders can share a day).
     """
+    if btyd_basis not in ("orders", "days"):
+        raise InputError(f"btyd_basis must be 'orders' or 'days', got '{btyd_basis}'.")
     if frequency_basis not in ("orders", "days"):
         raise InputError(f"frequency_basis must be 'orders' or 'days', got '{frequency_basis}'.")
     if time_unit not in TIME_UNIT_DAYS:
@@ -193,11 +204,12 @@ def customer_features(
     if df.empty:
         raise InputError(f"table '{table}': no rows with order_date <= {end}"
                          f"{f' and after {start}' if start else ''}; check as_of / lookback_days.")
-    return _finish(df, end, frequency_basis, time_unit, share_cols, "category" in cols, "channel" in cols)
+    return _finish(df, end, frequency_basis, time_unit, share_cols, "category" in cols, "channel" in cols,
+                   btyd_basis)
 
 
 def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list[str],
-            has_category: bool, has_channel: bool) -> pd.DataFrame:
+            has_category: bool, has_channel: bool, btyd_basis: str = "days") -> pd.DataFrame:
     """Derived columns, vectorised: date differences, rates, shares and compact dtypes."""
     out = pd.DataFrame({"customer_id": df["customer_id"]})
     first = pd.to_datetime(df["first_purchase"])
@@ -231,11 +243,18 @@ def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list
             other = 1.0 - out[names].sum(axis=1, min_count=1) if names else pd.Series(1.0, index=out.index)
             out[f"{col}_share_other"] = np.where(gross > 0, other.clip(lower=0), np.nan).astype("float32")
         unit_days = TIME_UNIT_DAYS[unit]
-        x = (out["n_purchase_days"] - 1).where(out["n_purchase_days"] > 0)
+        if btyd_basis == "orders":
+            first_t, last_t = pd.to_datetime(df["first_order_ts"]), pd.to_datetime(df["last_order_ts"])
+            x = (out["n_orders"] - 1).where(out["n_orders"] > 0)
+            out["t_x"] = (last_t - first_t) / day / unit_days
+            out["T"] = (pd.Timestamp(end) + pd.Timedelta(days=1) - first_t) / day / unit_days
+            repeat_value = (df["purchase_order_value"] - df["first_order_value"]) / x.where(x > 0)
+        else:
+            x = (out["n_purchase_days"] - 1).where(out["n_purchase_days"] > 0)
+            out["t_x"] = (last - first) / day / unit_days
+            out["T"] = (pd.Timestamp(end) - first) / day / unit_days
+            repeat_value = (df["purchase_day_value"] - df["first_day_value"]) / x.where(x > 0)
         out["x"] = x.astype("float64")
-        out["t_x"] = (last - first) / day / unit_days
-        out["T"] = (pd.Timestamp(end) - first) / day / unit_days
-        repeat_value = (df["purchase_day_value"] - df["first_day_value"]) / x.where(x > 0)
         out["mean_repeat_value"] = repeat_value.astype("float64")
     return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
 

@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cvm import clv, features as feat, rfm
+from cvm import anomalies, churn, clv, features as feat, lifecycle, personas, rfm
 from cvm.errors import InputError
 
 #: columns every later step relies on, in this order (then consents and descriptive attributes)
@@ -21,6 +21,7 @@ KNOWLEDGE_COLUMNS = ["customer_id", "recency_days", "frequency", "monetary", "n_
                      "f_score", "m_score", "rfm_segment", "persona", "p_alive", "expected_purchases",
                      "expected_order_value", "next_purchase_date", "clv", "churn_risk", "churn_source",
                      "lifecycle_stage", "anomaly_flag", "anomaly_reason"]
+NO_PURCHASE = "No purchase in the window"
 CARRIED = ("consent_email", "consent_sms", "consent_phone", "consent_post", "region", "age_band", "birth_year", "gender",
            "acquisition_channel", "acquisition_cost", "signup_date", "loyalty_tier", "email", "phone")
 
@@ -118,9 +119,11 @@ class HoldoutCheck:
 
 
 def holdout_check(con: duckdb.DuckDBPyConnection, calibration_end: str, as_of: str | date, time_unit: str,
-                  frequency_basis: str, excluded: pd.Series | None = None) -> HoldoutCheck:
-    """Fit on transactions up to calibration_end; compare predicted and actual purchases after it."""
-    cal = feat.customer_features(con, calibration_end, frequency_basis=frequency_basis, time_unit=time_unit)
+                  btyd_basis: str, excluded: pd.Series | None = None) -> HoldoutCheck:
+    """Fit on transactions up to calibration_end; compare predicted and actual purchase days after it."""
+    if btyd_basis != "days":
+        raise InputError("calibration_end: the holdout check counts purchase days; run it with btyd_basis 'days'.")
+    cal = feat.customer_features(con, calibration_end, time_unit=time_unit, btyd_basis="days")
     models = fit_clv(cal, excluded)
     holdout = feat.holdout_purchases(con, calibration_end, as_of)
     length = (pd.Timestamp(as_of) - pd.Timestamp(calibration_end)).days / feat.TIME_UNIT_DAYS[time_unit]
@@ -159,6 +162,7 @@ def assemble(customer: pd.DataFrame, features: pd.DataFrame, parts: list[pd.Data
     for part in parts:
         out = out.merge(part, on="customer_id", how="left")
     out["anomaly_flag"] = out["anomaly_flag"].fillna(False).astype(bool)
+    out["rfm_segment"] = out["rfm_segment"].fillna(NO_PURCHASE)
     carried = [c for c in CARRIED if c in customer.columns]
     out = out.merge(customer[["customer_id", *carried]], on="customer_id", how="left")
     first = [c for c in KNOWLEDGE_COLUMNS if c in out.columns]
@@ -236,6 +240,7 @@ def save(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, out_dir: Path) -> 
 def example_ids(table: pd.DataFrame, n: int = 3) -> list[str]:
     """Customers worth a card when none are named: the highest CLV, a high churn risk and a new customer."""
     picks = []
+    table = table[~table["anomaly_flag"]]
     ranked = table.dropna(subset=["clv"]).sort_values("clv", ascending=False)
     if len(ranked):
         picks.append(ranked["customer_id"].iloc[0])
@@ -246,3 +251,247 @@ def example_ids(table: pd.DataFrame, n: int = 3) -> list[str]:
     if len(newest):
         picks.append(newest["customer_id"].iloc[0])
     return list(dict.fromkeys(picks))[:n]
+
+
+KPI_LABELS = {"customers_to_date": "customers to date", "active_customers": "active customers (bought in the window)",
+              "orders": "orders in the window", "revenue": "net revenue in the window",
+              "returns": "returns in the window", "aov": "average order value",
+              "orders_per_active_customer": "orders per active customer",
+              "revenue_per_active_customer": "revenue per active customer"}
+
+
+def kpi_table(kpis: dict) -> pd.DataFrame:
+    """The headline figures as a two-column table for the report."""
+    rows = [{"figure": label, "value": f"{kpis[key]:,.2f}" if isinstance(kpis[key], float) else f"{kpis[key]:,}"}
+            for key, label in KPI_LABELS.items()]
+    rows.append({"figure": "window", "value": f"{kpis['window_start']} to {kpis['as_of']}"})
+    return pd.DataFrame(rows)
+
+
+def flag_customers(con: duckdb.DuckDBPyConnection, as_of: str | date, feats: pd.DataFrame,
+                   customer: pd.DataFrame) -> pd.DataFrame:
+    """Anomaly flags with the order-level inputs joined to the features (cvm.anomalies rules)."""
+    inputs = anomalies.anomaly_inputs(con, as_of)
+    return anomalies.flag_anomalies(feats.merge(inputs, on="customer_id", how="left"), customer)
+
+
+def anomaly_sentence(flags: pd.DataFrame) -> str:
+    """How many customers are set aside and why."""
+    n = int(flags["anomaly_flag"].sum())
+    if not n:
+        return "No customer looks like a bulk buyer, extreme returner, burst or test account: everyone is modelled."
+    reasons = flags.loc[flags["anomaly_flag"], "anomaly_reason"].str.split("; ").explode().value_counts()
+    top = ", ".join(f"{r} ({c:,})" for r, c in reasons.head(3).items())
+    return (f"{n:,} customers ({n / len(flags):.1%}) are set aside from modelling and campaigns: {top}. "
+            "They stay in the customer table with the reason, for a human to review.")
+
+
+@dataclass(frozen=True)
+class ChurnResult:
+    """Churn risk per customer (customer_id, churn_risk, churn_source), the sentence and the classifier's AUC."""
+
+    scores: pd.DataFrame
+    sentence: str
+    auc: float | None
+    baseline_auc: float | None
+
+
+CHURN_FEATURES = ("recency_days", "frequency", "monetary_total", "monetary_mean", "tenure_days", "return_rate",
+                  "discount_share", "n_orders")
+
+
+def churn_scores(con: duckdb.DuckDBPyConnection, as_of: str | date, feats: pd.DataFrame, values: pd.DataFrame,
+                 excluded: pd.Series, seed: int, horizon_days: int = 180) -> ChurnResult:
+    """Churn = no purchase in the next `horizon_days`. A classifier trained on the period before as_of − horizon
+    (label: bought again in the following horizon or not) when history allows; else 1 − P(alive)."""
+    base = feats[["customer_id"]].merge(values[["customer_id", "p_alive"]], on="customer_id", how="left")
+    fallback = churn.churn_risk_from_p_alive(base["p_alive"].fillna(0.0)).to_numpy()
+    cal_end = (pd.Timestamp(as_of) - pd.Timedelta(days=horizon_days)).date()
+    cal = feat.customer_features(con, cal_end)
+    cal = cal[(cal["n_orders"] > 0) & ~cal["customer_id"].isin(excluded)]
+    first = pd.Timestamp(feats["first_purchase"].min()).date() if len(feats) else cal_end
+    holdout = feat.holdout_purchases(con, cal_end, as_of)
+    churned = ~cal["customer_id"].isin(holdout.loc[holdout["holdout_purchases"] > 0, "customer_id"])
+    check = churn.enough_history((cal_end - first).days, horizon_days, churned)
+    if not check:
+        frame = pd.DataFrame({"customer_id": base["customer_id"], "churn_risk": fallback.astype("float32"),
+                              "churn_source": "1 - P(alive)"})
+        return ChurnResult(frame, f"Churn risk = 1 − P(alive) from the CLV model: {check.reason}", None, None)
+    cols = [c for c in CHURN_FEATURES if c in cal.columns and cal[c].nunique() > 1]  # informative columns only
+    model = churn.fit_churn_classifier(cal, holdout, cols, seed)
+    risk = model.score(feats).to_numpy()
+    frame = pd.DataFrame({"customer_id": feats["customer_id"], "churn_risk": risk.astype("float32"),
+                          "churn_source": "classifier"})
+    sentence = (f"Churn risk = probability of no purchase in the next {horizon_days} days, from a classifier trained on "
+                f"behaviour up to {cal_end} and checked on what customers did after: holdout AUC {model.auc:.2f} "
+                f"(1 is perfect, 0.5 is chance). {float((risk >= 0.5).mean()):.0%} of customers are more likely than "
+                "not to buy nothing in that period.")
+    return ChurnResult(frame, sentence, model.auc, model.baseline_auc)
+
+
+def lifecycle_frame(inputs: pd.DataFrame, rules: lifecycle.LifecycleRules) -> pd.DataFrame:
+    """customer_id and lifecycle_stage."""
+    return pd.DataFrame({"customer_id": inputs["customer_id"].to_numpy(),
+                         "lifecycle_stage": lifecycle.assign_lifecycle(inputs, rules).to_numpy()})
+
+
+def plot_lifecycle(stages: pd.DataFrame, rules: lifecycle.LifecycleRules) -> "plt.Figure":
+    """Customers per lifecycle stage, in rule order."""
+    import matplotlib.pyplot as plt
+
+    table = lifecycle.lifecycle_table(stages["lifecycle_stage"], rules)
+    table = table[table["customers"] > 0]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    ax.bar(table["stage"], table["customers"], color=[rules.colours.get(s, "#999999") for s in table["stage"]])
+    for x, (n, share) in enumerate(zip(table["customers"], table["share_customers"])):
+        ax.text(x, n, f"{share:.0%}", ha="center", va="bottom")
+    ax.set_ylabel("Customers")
+    worst = table[table["stage"].isin(["at_risk", "lapsed"])]["share_customers"].sum()
+    ax.set_title(f"{worst:.0%} of customers are at risk or lapsed: the win-back pool")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class Personas:
+    """Persona labels per customer, their names, the k-selection table and the fitted model."""
+
+    labels: pd.DataFrame
+    names: dict[int, str]
+    choice: pd.DataFrame | None
+    model: personas.PersonaModel
+
+
+def find_personas(feats: pd.DataFrame, customer: pd.DataFrame, k: int, sample_size: int, seed: int,
+                  excluded: pd.Series) -> Personas:
+    """Cluster the modelled customers (k chosen on a sample when k = 0) and name each cluster from its profile."""
+    use = feats[(feats["n_orders"] > 0) & ~feats["customer_id"].isin(excluded)].reset_index(drop=True)
+    X = personas.persona_features(use, customer)
+    choice = personas.choose_k(X, sample_size=sample_size, seed=seed) if not k else None
+    chosen = int(choice.loc[choice["chosen"], "k"].iloc[0]) if choice is not None else k
+    model = personas.fit_personas(X, chosen, seed)
+    names = personas.name_personas(personas.profile(use, model.labels))
+    labels = pd.DataFrame({"customer_id": model.labels.index.to_numpy(),
+                           "persona": model.labels.map(names).to_numpy()})
+    return Personas(labels, names, choice, model)
+
+
+def persona_sentence(found: Personas) -> str:
+    """How many personas and how clear the grouping is."""
+    sizes = found.labels["persona"].value_counts(normalize=True)
+    how = "chosen as the best-separated grouping on a sample" if found.choice is not None else "set by the analyst"
+    text = (f"{len(found.names)} personas ({how}); the largest is '{sizes.index[0]}' ({sizes.iloc[0]:.0%} of "
+            "modelled customers).")
+    if found.choice is not None:
+        sil = float(found.choice.loc[found.choice["chosen"], "silhouette"].iloc[0])
+        if sil < 0.25:
+            text += (f" The groups overlap (silhouette {sil:.2f}): read personas as tendencies, and use RFM segments "
+                     "and CLV for hard targeting rules.")
+    return text
+
+
+def persona_profile(feats: pd.DataFrame, found: Personas, customer: pd.DataFrame, predictions: pd.DataFrame
+                    ) -> pd.DataFrame:
+    """Each persona's descriptive, behavioural and predictive keys side by side (cvm.personas.persona_table)."""
+    use = feats[feats["customer_id"].isin(found.labels["customer_id"])]
+    return personas.persona_table(use, found.model.labels, found.names, customer, predictions)
+
+
+def summary(table: pd.DataFrame, segments: pd.DataFrame, models: CLVModels, check: HoldoutCheck | None,
+            risk: ChurnResult, found: Personas, kpis: dict) -> dict:
+    """Key figures of the knowledge step, for summary.json."""
+    out = {
+        "n_customers": len(table),
+        "n_with_purchases": int(table["n_orders"].fillna(0).gt(0).sum()),
+        "n_modelled": models.n_modelled,
+        "n_excluded_anomalies": int(table["anomaly_flag"].sum()),
+        "segments": {r["segment"]: int(r["customers"]) for _, r in segments.iterrows() if r["customers"] > 0},
+        "bgnbd": {**models.bgnbd.params(), "log_likelihood": models.bgnbd.log_likelihood,
+                  "se": models.bgnbd.se, "converged": models.bgnbd.converged},
+        "gamma_gamma": {**models.gamma_gamma.params(), "log_likelihood": models.gamma_gamma.log_likelihood,
+                        "se": models.gamma_gamma.se, "converged": models.gamma_gamma.converged},
+        "clv_total": float(table["clv"].sum()),
+        "churn": {"source": str(risk.scores["churn_source"].iloc[0]) if len(risk.scores) else None,
+                  "holdout_auc": risk.auc, "baseline_auc": risk.baseline_auc},
+        "lifecycle": table["lifecycle_stage"].value_counts().to_dict(),
+        "personas": table["persona"].value_counts().to_dict(),
+        "kpis": kpis,
+    }
+    if check is not None:
+        out["holdout"] = {"predicted": check.by_frequency.total_predicted, "actual": check.by_frequency.total_actual,
+                          "pct_error": check.by_frequency.total_pct_error, "mae": check.by_frequency.mae,
+                          "calibration_bgnbd": {**check.models.bgnbd.params(),
+                                                "log_likelihood": check.models.bgnbd.log_likelihood},
+                          "calibration_gamma_gamma": check.models.gamma_gamma.params()}
+    return out
+
+
+CARD_FIELDS = {
+    "Value": ["rfm_segment", "r_score", "f_score", "m_score", "monetary", "n_orders", "recency_days",
+              "expected_order_value", "clv"],
+    "Outlook": ["p_alive", "expected_purchases", "next_purchase_date", "churn_risk", "lifecycle_stage", "persona"],
+    "Profile": ["region", "age_band", "birth_year", "gender", "acquisition_channel", "signup_date", "loyalty_tier",
+                "email", "phone"],
+    "Consents": ["consent_email", "consent_sms", "consent_phone", "consent_post"],
+}
+
+
+def _card_value(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.2f}"
+    if isinstance(value, pd.Timestamp):
+        return value.date().isoformat()
+    return str(value)
+
+
+def customer_card_html(row: pd.Series, history: pd.DataFrame) -> str:
+    """One-page HTML card for one customer: value, outlook, profile (contact details masked), consents, history."""
+    import html
+
+    from cvm.report import mask_pii
+
+    masked = mask_pii(row.to_frame().T).iloc[0]
+    sections = []
+    for title, fields in CARD_FIELDS.items():
+        cells = "".join(f"<tr><th>{html.escape(f.replace('_', ' '))}</th><td>{html.escape(_card_value(masked[f]))}"
+                        f"</td></tr>" for f in fields if f in masked.index)
+        sections.append(f"<section><h2>{title}</h2><table>{cells}</table></section>")
+    if row.get("anomaly_flag"):
+        sections.insert(0, f"<p class='flag'>Set aside from modelling: {html.escape(str(row['anomaly_reason']))}</p>")
+    orders = history.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0) if len(history) else \
+        "<p>No purchases.</p>"
+    style = ("body{font-family:Helvetica,Arial,sans-serif;max-width:900px;margin:24px auto;color:#222}"
+             "section{display:inline-block;vertical-align:top;width:48%;margin:0 1% 12px 0}"
+             "th{text-align:left;font-weight:normal;color:#555;padding:2px 12px 2px 0}td{font-weight:bold}"
+             ".flag{background:#fde0dc;padding:8px;border-left:4px solid #d73027}table.dataframe td{font-weight:normal}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Customer {html.escape(str(row['customer_id']))}"
+            f"</title><style>{style}</style></head><body><h1>Customer {html.escape(str(row['customer_id']))}</h1>"
+            + "".join(sections) + f"<section style='width:98%'><h2>Last orders</h2>{orders}</section></body></html>")
+
+
+def write_customer_cards(table: pd.DataFrame, con: duckdb.DuckDBPyConnection, out_dir: Path,
+                         ids: list[str]) -> list[Path]:
+    """Write `<out_dir>/cards/customer_<id>.html` for each id (an unknown id is an error naming it)."""
+    unknown = sorted(set(map(str, ids)) - set(table["customer_id"].astype(str)))
+    if unknown:
+        raise InputError(f"customer_card_ids: {len(unknown)} id(s) not in the customer table, e.g. {unknown[:3]}.")
+    folder = Path(out_dir) / "cards"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for cid in ids:
+        row = table.loc[table["customer_id"].astype(str) == str(cid)].iloc[0]
+        history = con.execute(
+            "SELECT CAST(order_date AS DATE) AS date, order_id, SUM(amount) AS net_amount, COUNT(*) AS lines "
+            "FROM transactions WHERE customer_id = ? GROUP BY 1, 2 ORDER BY 1 DESC LIMIT 12", [str(cid)]).df() \
+            if "transactions" in set(con.execute("SHOW TABLES").df()["name"]) else pd.DataFrame()
+        path = folder / f"customer_{cid}.html"
+        path.write_text(customer_card_html(row, history), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def buyers(feats: pd.DataFrame) -> pd.DataFrame:
+    """Customers with at least one purchase in the window (those with only returns have no recency to score)."""
+    return feats[(feats["n_orders"] > 0) & feats["recency_days"].notna()].reset_index(drop=True)

@@ -233,6 +233,7 @@ def lifecycle_table(stages: pd.Series, rules: LifecycleRules | None = None, valu
     if value is not None:
         totals = value.clip(lower=0).groupby(stages).sum().reindex(rules.order, fill_value=0.0)
         out["share_value"] = totals.to_numpy() / max(float(totals.sum()), 1e-12)
-    described = {s.name: s.description for s in rules.stages} | {rules.unmatched: "Matches no stage (e.g. only returns)."}
+    described = {s.name: s.description for s in rules.stages}
+    described[rules.unmatched] = "Matches no stage (e.g. only returns)."
     out["description"] = out["stage"].map(described)
     return out

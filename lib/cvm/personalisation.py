@@ -3,8 +3,8 @@
 The models and solvers live elsewhere (`cvm.uplift`, `cvm.offers`, `cvm.policy`, `cvm.assignment`,
 `cvm.control_groups`); this module chains them the way the notebook presents them:
 
-1. `prepare`: the customers (the knowledge step's `customer_knowledge` plus behaviour features), the offer catalogue, the
-   contact policy, the contact history, the launch dates and the global holdout.
+1. `prepare`: the customers (the knowledge step's `customer_knowledge` plus behaviour features), the offer catalogue,
+   the contact policy, the contact history, the launch dates and the global holdout.
 2. `learn`: the uplift model trained on past campaigns with control groups (features at each contact date), the prior
    table (the package default, or the previous run's `monitoring_feedback` when `priors_from` is given), and which
    source scores each (offer, channel, discount).
@@ -17,7 +17,6 @@ The models and solvers live elsewhere (`cvm.uplift`, `cvm.offers`, `cvm.policy`,
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +173,7 @@ class Estimates:
     """The fitted model (None without usable history), the prior table and its label, and the history it learnt from."""
 
     model: uplift.UpliftModel | None
+    residual: ResidualUplift | None
     priors: pd.DataFrame
     prior_label: str
     history: pd.DataFrame
@@ -219,18 +219,55 @@ def learn(setup: Setup, con: duckdb.DuckDBPyConnection, method: str = "two_model
     priors_from: a previous run folder (its database's `monitoring_feedback` table is read), a Parquet/CSV file of that
     table, or a prior YAML file; empty: the package default `rules/uplift_priors.yaml`.
     """
+    if method not in ("residual", "two_model", "x_learner"):
+        raise InputError(f"uplift_method must be 'residual', 'two_model' or 'x_learner', got '{method}'.")
     history = training_history(setup, con, seed)
+    residual = None
     model, note = None, "no campaign history with control groups: every estimate comes from the prior table"
     if len(history):
         try:
-            model = uplift.fit_uplift_model(history, MODEL_FEATURES, value_col=None, method=method, seed=seed,
+            model = uplift.fit_uplift_model(history, MODEL_FEATURES, value_col=None,
+                                            method="two_model" if method == "residual" else method, seed=seed,
                                             monotone=MONOTONE)
+            residual = fit_residual_uplift(history, MODEL_FEATURES, seed) if method == "residual" else None
             note = (f"uplift model ({method.replace('_', '-')}) trained on {model.n_treated:,} treated and "
                     f"{model.n_control:,} control contacts of {history['campaign_id'].nunique()} past campaigns")
         except InputError as exc:
             note = f"the history is too thin for a model ({exc}); every estimate comes from the prior table"
     priors, label = load_prior_source(priors_from)
-    return Estimates(model, priors, label, history, note)
+    return Estimates(model, residual, priors, label, history, note)
+
+
+@dataclass
+class ResidualUplift:
+    """Uplift = E[converted - baseline | x, offer] on the treated rows of past campaigns: the X-learner's treated-arm
+    step (Kuenzel et al. 2019) with the purchase model's baseline as the control-arm model. Control groups are used to
+    check the baseline (`baseline_check`), not to fit it."""
+
+    encoder: Any
+    tau: Any
+    features: list[str]
+
+    def uplift(self, customers: pd.DataFrame, offer: dict[str, Any]) -> np.ndarray:
+        """Predicted uplift of each customer for one offer (type, channel, discount_pct)."""
+        frame = customers.assign(**{k: v for k, v in offer.items() if k in self.features})
+        return self.tau.predict(self.encoder.transform(frame, "customers"))
+
+
+def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_FEATURES,
+                        seed: int = 0) -> ResidualUplift:
+    """Fit the residual learner on the treated rows of `history` (needs converted, group and p_buy_window)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    treated = history[history["group"] == "treatment"]
+    if len(treated) < uplift.MIN_VALUE_ROWS:
+        raise InputError(f"history: {len(treated)} treated contacts; at least {uplift.MIN_VALUE_ROWS} are needed.")
+    encoder = uplift._Encoder.fit(treated, list(features))
+    target = treated["converted"].astype(float).to_numpy() - baseline_rate(treated)
+    cst = [MONOTONE.get(c, 0) for c in encoder.features]
+    tau = HistGradientBoostingRegressor(**uplift.BOOSTING, categorical_features=encoder.categorical,
+                                        monotonic_cst=cst, random_state=seed)
+    return ResidualUplift(encoder, tau.fit(encoder.transform(treated, "history"), target), list(features))
 
 
 def load_prior_source(priors_from: str | Path = "") -> tuple[pd.DataFrame, str]:
@@ -294,25 +331,74 @@ class Validation:
     calibration: pd.DataFrame
 
 
-def validate(est: Estimates, method: str = "two_model", n_campaigns: int = 3, seed: int = 0) -> Validation | None:
+def _fit_predict(train: pd.DataFrame, test: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
+    """p_treated, p_control, uplift of the test rows from a model fitted on the train rows."""
+    if method == "residual":
+        model = fit_residual_uplift(train, MODEL_FEATURES, seed)
+        base = baseline_rate(test)
+        p_treated = np.clip(base + model.tau.predict(model.encoder.transform(test, "history")), 0.0, 1.0)
+        return pd.DataFrame({"p_treated": p_treated, "p_control": base, "uplift": p_treated - base}, index=test.index)
+    model = uplift.fit_uplift_model(train, MODEL_FEATURES, value_col=None, method=method, seed=seed,
+                                    monotone=MONOTONE)
+    return model.predict(test)
+
+
+def validate(est: Estimates, method: str = "residual", n_campaigns: int = 3, seed: int = 0) -> Validation | None:
     """Refit without each of the last `n_campaigns` past campaigns and score it: Qini, AUUC, uplift@30 %, observed vs
     predicted uplift, and calibration of predicted vs observed response of the treated rows. None without history."""
     h = est.history
     if est.model is None or h["campaign_id"].nunique() < 2 or n_campaigns < 1:
         return None
-    last = (h.groupby("campaign_id")["contact_date"].min().sort_values().index[-n_campaigns:]).tolist()
-    table = uplift.holdout_by_campaign(h, MODEL_FEATURES, held_out=last, method=method, k=0.3, seed=seed)
+    last = h.groupby("campaign_id")["contact_date"].min().sort_values().index[-n_campaigns:].tolist()
+    rows, preds = [], []
+    for campaign in last:
+        test = h[h["campaign_id"] == campaign]
+        pred = _fit_predict(h[h["campaign_id"] != campaign], test, method, seed)
+        preds.append(pred)
+        y, t = test["converted"].astype(int).to_numpy(), (test["group"] == "treatment").to_numpy().astype(int)
+        both = 0 < t.sum() < len(t)
+        rows.append({"campaign_id": campaign, "type": test["type"].iloc[0], "channel": test["channel"].iloc[0],
+                     "n_treated": int(t.sum()), "n_control": int(len(t) - t.sum()),
+                     "observed_uplift": float(y[t == 1].mean() - y[t == 0].mean()) if both else np.nan,
+                     "predicted_uplift": float(pred["uplift"].mean()),
+                     "qini": uplift.qini_coefficient(y, t, pred["uplift"]) if both else np.nan,
+                     "auuc": uplift.auuc(y, t, pred["uplift"]) if both else np.nan,
+                     "uplift_at_30pct": uplift.uplift_at_k(y, t, pred["uplift"], 0.3) if both else np.nan})
     test = h[h["campaign_id"].isin(last)]
-    train = h[~h["campaign_id"].isin(last)]
-    model = uplift.fit_uplift_model(train, MODEL_FEATURES, value_col=None, method=method, seed=seed,
-                                    monotone=MONOTONE)
-    pred = model.predict(test)
+    pred = pd.concat(preds).loc[test.index]
     treated = (test["group"] == "treatment").to_numpy()
     curves = {"uplift model": uplift.qini_curve(test["converted"], test["group"], pred["uplift"]),
               "P(buy anyway), lowest first": uplift.qini_curve(test["converted"], test["group"], -pred["p_control"])}
     bins = max(2, min(10, int(treated.sum()) // 50))
     calib = uplift.calibration_table(pred["p_treated"][treated], test["converted"][treated], bins=bins)
-    return Validation(table, curves, calib)
+    return Validation(pd.DataFrame(rows), curves, calib)
+
+
+def baseline_check(est: Estimates, bins: int = 5) -> pd.DataFrame | None:
+    """The purchase-model baseline against the control rows of past campaigns (predicted vs observed by bin)."""
+    h = est.history
+    if h.empty or not (h["group"] == "control").any():
+        return None
+    ctl = h[h["group"] == "control"]
+    return uplift.calibration_table(baseline_rate(ctl), ctl["converted"], bins=min(bins, max(2, len(ctl) // 100)))
+
+
+def baseline_sentence(check: pd.DataFrame | None) -> str:
+    """Is the no-contact baseline right?"""
+    if check is None:
+        return "No past control groups to check the purchase baseline against."
+    pred = float((check["p_mean"] * check["n"]).sum() / check["n"].sum())
+    obs = float((check["observed"] * check["n"]).sum() / check["n"].sum())
+    return (f"Customers held out of past campaigns bought at {obs:.1%} within the window; the purchase model "
+            f"predicted {pred:.1%} for them, and the chart checks the same by band of prediction.")
+
+
+def scored_sentence(scored: pd.DataFrame) -> str:
+    """How many candidate contacts are worth sending."""
+    positive = scored[scored["value"] > 0]
+    return (f"{len(scored):,} allowed candidate contacts for {scored['customer_id'].nunique():,} customers; "
+            f"{len(positive):,} have a positive expected extra margin ({positive['customer_id'].nunique():,} "
+            "customers). The others would cost more (discount to buyers anyway, contact cost) than they earn.")
 
 
 def validation_sentence(v: Validation | None) -> str:
@@ -340,9 +426,34 @@ def candidate_contacts(setup: Setup) -> tuple[pd.DataFrame, pd.Series]:
     return allowed, cap
 
 
-def score(setup: Setup, est: Estimates, cands: pd.DataFrame) -> pd.DataFrame:
+def baseline_rate(customers: pd.DataFrame) -> np.ndarray:
+    """P(buy within the attribution window | not contacted) from the purchase model: 1 - exp(-expected purchases in
+    the window) (Poisson while alive, weighted by P(alive) through the expectation); 0 without purchase history."""
+    return -np.expm1(-pd.to_numeric(customers["p_buy_window"], errors="coerce").fillna(0.0).to_numpy(dtype=float))
+
+
+def _with_baseline(scores: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """Scores with p_control from the purchase model; the model keeps its P(convert | contacted), a prior keeps its
+    uplift (p_treated = baseline + prior uplift)."""
+    base = baseline_rate(customers)
+    out = scores.copy()
+    prior = (out["source"] != "model").to_numpy()
+    p_treated = np.where(prior, np.clip(base + out["uplift"].to_numpy(), 0.0, 1.0), out["p_treated"].to_numpy())
+    out["p_control"] = base
+    out["p_treated"] = p_treated
+    out["uplift"] = p_treated - base
+    return out
+
+
+def score(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str = "purchase_model") -> pd.DataFrame:
     """The candidates with p_treated, p_control, uplift, expected_order_value, source and `value`, the expected
-    incremental margin: uplift x order value x margin - discount x order value x P(redeem) (dilution) - contact cost."""
+    incremental margin: uplift x order value x margin - discount x order value x P(redeem) (dilution) - contact cost.
+
+    baseline="purchase_model": P(convert | not contacted) is the purchase model's (`baseline_rate`, learnt from every
+    customer's transactions, not only the few control rows of past campaigns); "uplift_model": the uplift model's
+    control arm (or the prior table's segment rate)."""
+    if baseline not in ("purchase_model", "uplift_model"):
+        raise InputError(f"baseline must be 'purchase_model' or 'uplift_model', got '{baseline}'.")
     cust = setup.customers.set_index("customer_id")
     parts = []
     for v in _variants(cands).itertuples(index=False):
@@ -353,6 +464,12 @@ def score(setup: Setup, est: Estimates, cands: pd.DataFrame) -> pd.DataFrame:
         offer = {"type": v.campaign_type, "channel": v.channel, "discount_pct": float(v.discount_pct)}
         s = uplift.score_offer(who, offer, est.model, est.priors, setup.segment_col, "expected_order_value")
         s.loc[s["source"] == "prior", "source"] = est.prior_label
+        if baseline == "purchase_model":
+            s = _with_baseline(s, who)
+            if est.residual is not None and (s["source"] == "model").all():
+                base = s["p_control"].to_numpy()
+                s["p_treated"] = np.clip(base + est.residual.uplift(who, offer), 0.0, 1.0)
+                s["uplift"] = s["p_treated"] - base
         s["customer_id"] = ids
         parts.append(rows.merge(s, on="customer_id", how="left"))
     cols = ["p_treated", "p_control", "uplift", "expected_order_value", "source"]
@@ -372,8 +489,8 @@ def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
         cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
     parts = []
     for offer_id, rows in cheapest.groupby("offer_id"):
-        choice = uplift.best_discount(rows.assign(cost_per_contact=rows["cost"]), float(rows["margin_pct"].iloc[0]),
-                                      rows["cost"].to_numpy(), segment_col=segment_col)
+        choice = uplift.best_discount(rows, float(rows["margin_pct"].iloc[0]), rows["cost"].to_numpy(),
+                                      segment_col=segment_col)
         parts.append(choice.per_segment.assign(offer_id=offer_id))
     out = pd.concat(parts, ignore_index=True)
     return out[["offer_id", segment_col, "discount_pct", "n", "p_control", "p_treated", "uplift", "margin", "best"]]
@@ -458,8 +575,8 @@ def campaign_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per campaign: treated and control counts, expected redemptions, extra revenue and extra margin, each
     with a 95 % range from outcome randomness alone (binomial conversions; model error is not included)."""
     if rows.empty:
-        return pd.DataFrame(columns=["campaign_id", "offer_id", "campaign_type", "contact_date", "channels", "discounts",
-                                     "n_treated", "n_control", "cost", "expected_conversion_rate",
+        return pd.DataFrame(columns=["campaign_id", "offer_id", "campaign_type", "contact_date", "channels",
+                                     "discounts", "n_treated", "n_control", "cost", "expected_conversion_rate",
                                      "expected_incremental_revenue", "expected_incremental_margin"])
     t = rows[rows["group"] == "treatment"].copy()
     v, d, m = t["expected_order_value"], t["discount_pct"] / 100, t["margin_pct"] / 100
@@ -647,13 +764,25 @@ def card_contents(plan: Plan, setup: Setup) -> list[dict[str, Any]]:
 
 
 def write_cards(plan: Plan, setup: Setup, out_dir: str | Path) -> list[Path]:
-    """One HTML card per campaign in `<out_dir>/cards/`, rendered by `cvm.cards`."""
-    from cvm import cards
+    """One card per campaign in `<out_dir>/cards/`: HTML rendered by `cvm.cards.render_card` when that module is
+    installed, else the card's contents as JSON (to be rendered later)."""
+    import json
 
     folder = Path(out_dir) / "cards"
     folder.mkdir(parents=True, exist_ok=True)
-    return [cards.render_card(card["title"], card["fields"], folder / f"{card['campaign_id']}.html")
-            for card in card_contents(plan, setup)]
+    try:
+        from cvm.cards import render_card
+    except ImportError:
+        render_card = None
+    paths = []
+    for card in card_contents(plan, setup):
+        if render_card is not None:
+            paths.append(Path(render_card(card["title"], card["fields"], folder / f"{card['campaign_id']}.html")))
+        else:
+            path = folder / f"{card['campaign_id']}.json"
+            path.write_text(json.dumps(card, indent=2), encoding="utf-8")
+            paths.append(path)
+    return paths
 
 
 # ----------------------------------------------------------------------------------------------------- comparisons

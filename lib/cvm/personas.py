@@ -24,6 +24,8 @@ MIX_PREFIXES = ("category_share_", "channel_share_")
 #: Key variables of a profile (when present), besides all mix shares.
 PROFILE_COLS = (*SKEWED, *RATES)
 MAX_LEVELS = 12
+#: Spreads and base means below this are treated as zero (float32 rounding in the feature shares).
+NOISE = 1e-6
 
 #: Naming rules: conditions on profile columns `<variable>_index` (>= / <= a value); first match wins per persona.
 NAME_RULES: list[dict] = [
@@ -38,12 +40,16 @@ NAME_RULES: list[dict] = [
     {"name": "One-off gift buyers", "when": {"frequency_index": {"<=": 80}, "monetary_mean_index": {">=": 130}}},
     {"name": "Big-basket occasionals", "when": {"frequency_index": {"<=": 90}, "monetary_mean_index": {">=": 130}}},
     {"name": "Dormant low spenders", "when": {"recency_days_index": {">=": 130}, "monetary_total_index": {"<=": 70}}},
-    {"name": "Frequent small-basket buyers", "when": {"frequency_index": {">=": 130}, "monetary_mean_index": {"<=": 90}}},
+    {"name": "Frequent small-basket buyers",
+     "when": {"frequency_index": {">=": 130}, "monetary_mean_index": {"<=": 90}}},
     {"name": "Steady regulars", "when": {"frequency_index": {">=": 110}}},
     {"name": "Occasional low spenders", "when": {"monetary_total_index": {"<=": 80}}},
 ]
-LABELS = {"recency_days": "recency", "frequency": "frequency", "monetary_total": "spend", "monetary_mean": "basket",
-          "tenure_days": "tenure", "return_rate": "returns", "discount_share": "discounts"}
+#: Words for a low / high index of each key variable, used to name personas no rule matches.
+LABELS = {"recency_days": ("recent", "lapsed"), "frequency": ("infrequent", "frequent"),
+          "monetary_total": ("low-spend", "high-spend"), "monetary_mean": ("small-basket", "big-basket"),
+          "tenure_days": ("new", "long-standing"), "return_rate": ("low-return", "high-return"),
+          "discount_share": ("full-price", "discount-heavy")}
 
 
 def _check_id(frame: pd.DataFrame, id_col: str, what: str) -> None:
@@ -56,8 +62,9 @@ def _check_id(frame: pd.DataFrame, id_col: str, what: str) -> None:
 
 def _zscore(values: pd.Series) -> pd.Series:
     values = values.fillna(values.median()).fillna(0.0)
-    sd = values.std(ddof=0)
-    return (values - values.mean()) / sd if sd > 0 else values * 0.0
+    sd, mean = values.std(ddof=0), values.mean()
+    # a spread at float32 rounding level (e.g. an 'other' share that is 1 - sum of the others) is noise, not signal
+    return (values - mean) / sd if sd > NOISE * max(1.0, abs(mean)) else values * 0.0
 
 
 def persona_features(features: pd.DataFrame, customers: pd.DataFrame | None = None,
@@ -192,7 +199,7 @@ def profile(features: pd.DataFrame, labels: pd.Series, value_col: str = "monetar
     means, base = grouped.mean(), numeric.mean()
     for col in cols:
         out[f"{col}_mean"] = means[col]
-        out[f"{col}_index"] = 100 * means[col] / base[col] if base[col] else np.nan
+        out[f"{col}_index"] = 100 * means[col] / base[col] if abs(base[col]) > NOISE else np.nan
     out.index = out.index.astype(int)
     out.index.name = "persona"
     return out
@@ -209,13 +216,14 @@ def _matches(row: pd.Series, when: dict) -> bool:
 
 
 def _describe(row: pd.Series) -> str:
-    """Fallback name from the most extreme index: e.g. 'High-discounts, low-recency'."""
+    """Fallback name from the two most extreme indices (furthest from 100 on a log scale), e.g. 'Lapsed, infrequent
+    customers'."""
     idx = {k: row[f"{k}_index"] for k in LABELS if f"{k}_index" in row and pd.notna(row[f"{k}_index"])}
     if not idx:
         return "Typical customers"
     ranked = sorted(idx, key=lambda k: -abs(np.log(max(idx[k], 1e-6) / 100)))[:2]
-    words = [f"{'high' if idx[k] >= 100 else 'low'} {LABELS[k]}" for k in ranked]
-    return (", ".join(words)).capitalize()
+    words = [LABELS[k][int(idx[k] >= 100)] for k in ranked]
+    return ", ".join(words).capitalize() + " customers"
 
 
 def name_personas(prof: pd.DataFrame, rules: list[dict] | None = None) -> dict[int, str]:

@@ -294,13 +294,13 @@ def plot_pair_matrices(scores: RFMResult, features: pd.DataFrame,
                     cbar_kws={"label": f"mean {value.replace('_', ' ')}"})
         ax.set_xlabel(f"{x.upper()} score (5 = best)")
         ax.set_ylabel(f"{y.upper()} score (5 = best)")
-        ax.set_title(f"{x.upper()} x {y.upper()}: colour = mean {value.replace('_', ' ')}, numbers = customers")
+        ax.set_title(f"{x.upper()} x {y.upper()}, colour: mean {value.replace('_', ' ')}", fontsize=11)
     if title is None:
         top = rf.loc[rf["customers"].idxmax()]
         share = top["customers"] / rf["customers"].sum()
         title = (f"{share:.0%} of customers sit in one cell: {pairs[0][0].upper()}={int(top.iloc[0])}, "
                  f"{pairs[0][1].upper()}={int(top.iloc[1])}")
-    fig.suptitle(title)
+    fig.suptitle(f"{title} (numbers in cells = customers)")
     fig.tight_layout()
     return fig
 

@@ -349,8 +349,7 @@ def ltv_cac(customers: pd.DataFrame, clv: pd.DataFrame, con: duckdb.DuckDBPyConn
         if col not in cust:
             raise InputError(f"ltv_cac: customers lack the grouping column '{col}'.")
         frame[col] = cust[col].astype("string").fillna("unknown")
-    frame["g"] = frame[by].astype("string").agg(" | ".join, axis=1) if by else "all"
-    frame["g"] = frame["g"].fillna("unknown")
+    frame["g"] = frame[by[0]].astype("string").str.cat(frame[by[1:]].astype("string"), sep=" | ") if by else "all"
     frame = frame.dropna(subset=["acq_date"])
     future = clv.drop_duplicates(id_col).set_index(id_col)[clv_col]
     frame["clv"] = pd.to_numeric(frame[id_col].map(future), errors="coerce").fillna(0.0)

@@ -1,0 +1,840 @@
+"""Glue of the monitoring step: from the run database to per-arm results, checks, trends, cards and feedback.
+
+The statistics live in `cvm.experiments`; this module prepares the `contacts` table for them (outcomes chosen or
+attributed from transactions, campaign attributes, launch week, segment, pre-period spend), chains them the way the
+notebook presents them, writes the step's tables and turns the results into sentences and key figures.
+
+Contacts without customer_id (anonymised exports) are measured on row identity; whatever needs a join (CUPED,
+pre-period balance, segment from the knowledge table, attribution from transactions) is skipped and said so in
+`Setup.notes`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from scipy import stats
+
+from cvm import customer_db, experiments as ex
+from cvm.errors import InputError
+
+RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
+FUNNEL = ("delivered", "opened", "clicked")
+ANY_SEGMENT = "*"  # the segment value of feedback rows when no segment is known (read by cvm.uplift.load_priors)
+TABLES = ("monitoring_overview", "monitoring_funnel", "monitoring_arms", "monitoring_secondary",
+          "monitoring_breakdown", "monitoring_trend", "monitoring_sequential", "monitoring_dilution",
+          "monitoring_srm", "monitoring_balance", "monitoring_feedback")
+
+
+def load_rules(path: str | Path | None = None) -> dict[str, Any]:
+    """Monitoring settings (default `lib/cvm/rules/monitoring.yaml`)."""
+    file = Path(path) if path else RULES_PATH
+    rules = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    missing = {"design_shares", "targeting_words", "balance_p_value_below", "crm_balance_columns",
+               "rolling_weeks"} - set(rules)
+    if missing:
+        raise InputError(f"{file}: missing keys {sorted(missing)}; copy them from {RULES_PATH}.")
+    return rules
+
+
+@dataclass
+class Setup:
+    """The prepared contacts and what could be measured on them."""
+
+    contacts: pd.DataFrame       # one row per contact, with campaign attributes, launch_week, segment, pre-period
+    campaigns: pd.DataFrame      # one row per measured campaign: name, type, channel, start_date, economics
+    primary: str                 # binary outcome the decisions use
+    value: str | None            # spend column, None when there is none
+    secondary: list[str]         # other outcome columns, reported too
+    has_ids: bool                # customer_id present: joins possible
+    has_pre: bool                # pre-period spend from transactions available (CUPED, balance)
+    segment_source: str | None   # where the segment comes from, None when unknown
+    notes: list[str] = field(default_factory=list)  # what was skipped or assumed, in plain words
+
+
+# ------------------------------------------------------------------------------------------------------- inputs
+
+def read_tables(con: duckdb.DuckDBPyConnection) -> dict[str, pd.DataFrame | None]:
+    """contacts, campaigns, transactions, customer and customer_knowledge from the run database (None if absent)."""
+    names = ("contacts", "campaigns", "transactions", "customer", "customer_knowledge")
+    out = {n: con.table(n).df() if customer_db.has_table(con, n) else None for n in names}
+    if out["contacts"] is None:
+        raise InputError("customer database: table 'contacts' is missing. Add sources.contacts to the configuration "
+                         "(the campaign tools' export or the personalisation step's contacts) and rerun the data step.")
+    return out
+
+
+def _windows(contacts: pd.DataFrame, transactions: pd.DataFrame, date_col: str, start_days: int, end_days: int
+             ) -> pd.DataFrame:
+    """Per contact row: orders and spend of non-return transactions in [date + start_days, date + end_days)."""
+    con = duckdb.connect()
+    try:
+        con.register("c", pd.DataFrame({"_row": np.arange(len(contacts)), "customer_id": contacts["customer_id"]
+                                        .astype("string").to_numpy(), "d": pd.to_datetime(contacts[date_col])}))
+        tx = transactions[["customer_id", "order_date", "amount"]].assign(
+            is_return=transactions["is_return"] if "is_return" in transactions else transactions["amount"] < 0)
+        con.register("t", tx.assign(customer_id=tx["customer_id"].astype("string")))
+        res = con.execute(f"""
+            SELECT c._row, COUNT(t.order_date) AS orders, COALESCE(SUM(t.amount), 0) AS spend,
+                   MAX(t.order_date) AS last_order
+            FROM c LEFT JOIN t ON t.customer_id = c.customer_id AND NOT t.is_return
+                 AND t.order_date >= c.d + to_days({int(start_days)})
+                 AND t.order_date < c.d + to_days({int(end_days)})
+            GROUP BY c._row ORDER BY c._row""").df()
+    finally:
+        con.close()
+    return res
+
+
+def attribute_outcomes(contacts: pd.DataFrame, transactions: pd.DataFrame, attribution_days: int, *,
+                       date_col: str = "contact_date", binary: str = "converted", value: str = "revenue"
+                       ) -> pd.DataFrame:
+    """Contacts with `binary` (bought within `attribution_days` after the contact date) and `value` (net spend of
+    those orders, returns excluded) attributed from transactions; needs customer_id and the date column."""
+    missing = [c for c in ("customer_id", date_col) if c not in contacts.columns]
+    if missing or contacts["customer_id"].isna().all():
+        raise InputError(f"contacts: outcomes must be attributed from transactions but column(s) {missing or ['customer_id']} "
+                         f"are missing or empty ({len(contacts):,} rows). Supply the outcome columns or the ids.")
+    if contacts[date_col].isna().any():
+        raise InputError(f"contacts: {int(contacts[date_col].isna().sum()):,} rows have no {date_col}; attribution "
+                         "needs the contact date (or the campaign start_date).")
+    win = _windows(contacts, transactions, date_col, 0, attribution_days)
+    return contacts.assign(**{binary: (win["orders"].to_numpy() > 0).astype(float),
+                              value: win["spend"].to_numpy(float)})
+
+
+def _campaign_attributes(contacts: pd.DataFrame, campaigns: pd.DataFrame | None, margin_pct: float) -> pd.DataFrame:
+    """One row per campaign of the contacts with name, type, channel, start_date, discount, cost, margin, share."""
+    ids = pd.DataFrame({"campaign_id": pd.unique(contacts["campaign_id"].astype("string"))})
+    cmp = (campaigns.assign(campaign_id=campaigns["campaign_id"].astype("string")).drop_duplicates("campaign_id")
+           if campaigns is not None else pd.DataFrame({"campaign_id": pd.Series(dtype="string")}))
+    out = ids.merge(cmp, on="campaign_id", how="left")
+    first = contacts.groupby(contacts["campaign_id"].astype("string"))
+    if "name" not in out:
+        out["name"] = pd.NA
+    out["name"] = out["name"].fillna(out["campaign_id"])
+    out["type"] = out["type"].fillna("unknown") if "type" in out else "unknown"
+    if "channel" in contacts.columns:
+        mode = first["channel"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else pd.NA)
+        fallback = out["campaign_id"].map(mode)
+    else:
+        fallback = pd.Series(pd.NA, index=out.index)
+    out["channel"] = (out["channel"].fillna(fallback) if "channel" in out else fallback).fillna("unknown")
+    if "contact_date" in contacts.columns:
+        starts = out["campaign_id"].map(first["contact_date"].min())
+        out["start_date"] = out["start_date"].fillna(starts) if "start_date" in out else starts
+    for col, default in (("discount_pct", 0.0), ("cost_per_contact", 0.0), ("margin_pct", margin_pct)):
+        out[col] = pd.to_numeric(out[col], errors="coerce").fillna(default) if col in out else default
+    for col in ("control_share", "targeting"):
+        if col not in out:
+            out[col] = np.nan if col == "control_share" else pd.NA
+    if "targeting" in contacts.columns:
+        out["targeting"] = out["targeting"].fillna(out["campaign_id"].map(first["targeting"].first()))
+    return out
+
+
+def prepare(contacts: pd.DataFrame, *, as_of: date | str, campaigns: pd.DataFrame | None = None,
+            transactions: pd.DataFrame | None = None, customer: pd.DataFrame | None = None,
+            knowledge: pd.DataFrame | None = None, outcomes: Sequence[str] = (), primary_outcome: str = "",
+            config_primary: str | None = None, value_outcome: str = "revenue", attribution_days: int = 14,
+            pre_period_days: int = 90, margin_pct: float = 40.0) -> Setup:
+    """Contacts ready for measurement: outcomes resolved (attributed from transactions when the primary outcome column
+    is absent), campaign attributes merged, launch week, segment and pre-period spend added where possible.
+
+    Primary outcome: `primary_outcome`, else the configuration's, else 'converted'. Contacts after `as_of` are left out.
+    """
+    for col in ("campaign_id", "group"):
+        if col not in contacts.columns:
+            raise InputError(f"contacts: column '{col}' is missing ({len(contacts):,} rows); map it in the "
+                             "configuration (sources.contacts.columns or constants).")
+    notes: list[str] = []
+    frame = contacts.reset_index(drop=True).copy()
+    frame["campaign_id"] = frame["campaign_id"].astype("string")
+    frame["group"] = frame["group"].astype("string").str.lower()
+    arm = frame["arm"].astype("string") if "arm" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
+    frame["arm"] = arm.fillna(frame["group"])
+    has_ids = "customer_id" in frame.columns and frame["customer_id"].notna().any()
+    if not has_ids:
+        notes.append("The contacts carry no customer id (an anonymised export): each row is one customer; CUPED, "
+                     "balance on customer attributes, segments from the knowledge step and attribution from "
+                     "transactions need the id and are skipped.")
+    cmp = _campaign_attributes(frame, campaigns, margin_pct)
+    if "contact_date" not in frame.columns and "start_date" in cmp and cmp["start_date"].notna().all():
+        frame["contact_date"] = frame["campaign_id"].map(cmp.set_index("campaign_id")["start_date"])
+    if "contact_date" in frame.columns:
+        frame["contact_date"] = pd.to_datetime(frame["contact_date"])
+        late = frame["contact_date"] > pd.Timestamp(as_of)
+        if late.any():
+            notes.append(f"{int(late.sum()):,} contacts dated after {as_of} are left out (outcomes not yet known).")
+            frame = frame[~late].reset_index(drop=True)
+        frame["launch_week"] = frame["contact_date"].dt.to_period("W-SUN").dt.start_time
+    else:
+        notes.append("No contact date and no campaign start date: trends by launch week and the sequential weekly "
+                     "looks are skipped.")
+    primary = primary_outcome or config_primary or "converted"
+    value = value_outcome or None
+    if primary not in frame.columns:
+        if transactions is None or not has_ids or "contact_date" not in frame.columns:
+            raise InputError(f"contacts: the primary outcome column '{primary}' is missing ({len(frame):,} rows) and "
+                             "cannot be attributed from transactions (needs transactions, customer_id and a contact "
+                             "date). Map the outcome column or set primary_outcome.")
+        frame = attribute_outcomes(frame, transactions, attribution_days, binary=primary, value=value or "revenue")
+        value = value or "revenue"
+        notes.append(f"Outcomes attributed from transactions: '{primary}' = an order within {attribution_days} days "
+                     f"after the contact, '{value}' = its net value.")
+    if value is not None and value not in frame.columns:
+        notes.append(f"No spend column '{value}': revenue, margin, dilution and ROI are not measured.")
+        value = None
+    secondary = [c for c in dict.fromkeys(outcomes) if c not in (primary, value) and c in frame.columns]
+    secondary += [c for c in ("converted", "revenue") if c in frame.columns and c not in (primary, value, *secondary)]
+    keyed = cmp.set_index("campaign_id")
+    frame["campaign_type"] = frame["campaign_id"].map(keyed["type"])
+    if "channel" not in frame.columns:
+        frame["channel"] = frame["campaign_id"].map(keyed["channel"])
+    frame["channel"] = frame["channel"].astype("string").fillna("unknown")
+    camp_disc = frame["campaign_id"].map(keyed["discount_pct"]).where(frame["group"] == "treatment", 0.0)
+    frame["discount_pct"] = (pd.to_numeric(frame["discount_pct"], errors="coerce").fillna(camp_disc)
+                             if "discount_pct" in frame.columns else camp_disc).astype(float)
+    frame["margin_pct"] = frame["campaign_id"].map(keyed["margin_pct"]).astype(float)
+    frame["cost_per_contact"] = frame["campaign_id"].map(keyed["cost_per_contact"]).astype(float)
+    segment_source = None
+    if has_ids and knowledge is not None and "rfm_segment" in knowledge.columns:
+        seg = knowledge.drop_duplicates("customer_id").set_index(knowledge["customer_id"].astype("string"))
+        frame["segment"] = frame["customer_id"].astype("string").map(seg["rfm_segment"]).fillna("unknown")
+        segment_source = "the knowledge step's RFM segment (customer_knowledge.rfm_segment)"
+    elif "segment" in frame.columns:
+        frame["segment"] = frame["segment"].astype("string").fillna("unknown")
+        segment_source = "the contacts' own segment column"
+    else:
+        notes.append("No segment known (no customer_knowledge table from the knowledge step and no segment column "
+                     "in the contacts): the segment breakdown is skipped and feedback is written for every segment.")
+    has_pre = False
+    if has_ids and transactions is not None and "contact_date" in frame.columns:
+        pre = _windows(frame, transactions, "contact_date", -pre_period_days, 0)
+        frame["pre_spend"] = pre["spend"].to_numpy(float)
+        frame["pre_orders"] = pre["orders"].to_numpy(float)
+        has_pre = True
+    elif has_ids:
+        notes.append("No transactions or contact dates: CUPED and the pre-period balance check are skipped.")
+    if has_ids and customer is not None:
+        keep = [c for c in load_rules()["crm_balance_columns"] if c in customer.columns and c not in frame.columns]
+        if keep:
+            crm = customer.drop_duplicates("customer_id").set_index(customer["customer_id"].astype("string"))[keep]
+            attrs = crm.reindex(frame["customer_id"].astype("string")).reset_index(drop=True)
+            frame = pd.concat([frame, attrs], axis=1)
+    campaigns_out = cmp[cmp["campaign_id"].isin(frame["campaign_id"])].reset_index(drop=True)
+    return Setup(frame, campaigns_out, primary, value, secondary, has_ids, has_pre, segment_source, notes)
+
+
+# ----------------------------------------------------------------------------------------------------- overview
+
+def overview(setup: Setup) -> pd.DataFrame:
+    """Per campaign: name, type, channel, start, arms, treated and control counts, funnel counts and revenue."""
+    c = setup.contacts
+    treated = c["group"] == "treatment"
+    agg = c.assign(_t=treated, _c=~treated).groupby("campaign_id").agg(
+        n_treated=("_t", "sum"), n_control=("_c", "sum"))
+    arms = c[treated].groupby("campaign_id")["arm"].agg(lambda s: ", ".join(sorted(s.unique())))
+    out = setup.campaigns[["campaign_id", "name", "type", "channel"]
+                          + (["start_date"] if "start_date" in setup.campaigns else [])].copy()
+    out["arms"] = out["campaign_id"].map(arms)
+    out = out.merge(agg.reset_index(), on="campaign_id", how="left")
+    for col in (*[f for f in FUNNEL if f in c.columns], setup.primary):
+        out[f"{col}_treated"] = out["campaign_id"].map(c[treated].groupby("campaign_id")[col].sum()).astype(float)
+    if setup.value:
+        out["revenue_treated"] = out["campaign_id"].map(c[treated].groupby("campaign_id")[setup.value].sum())
+        out["revenue_control"] = out["campaign_id"].map(c[~treated].groupby("campaign_id")[setup.value].sum())
+    return out
+
+
+def funnel(setup: Setup) -> pd.DataFrame:
+    """Per campaign and arm (control included): contacts, and counts and rates of every funnel step present."""
+    c = setup.contacts
+    steps = [f for f in FUNNEL if f in c.columns] + [setup.primary]
+    work = c[["campaign_id", "arm", "group"]].copy()
+    for s in steps:
+        work[s] = pd.to_numeric(c[s], errors="coerce").astype(float)
+    out = work.groupby(["campaign_id", "group", "arm"]).agg(contacts=("arm", "size"), **{
+        s: (s, "sum") for s in steps}).reset_index()
+    for s in steps:
+        out[f"rate_{s}"] = out[s] / out["contacts"]
+    return out.sort_values(["campaign_id", "group", "arm"], ascending=[True, False, True]).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ arm results
+
+def economics(setup: Setup) -> ex.Economics | None:
+    """Margin, discount and contact cost per row (columns merged by `prepare`); None without a spend column."""
+    if setup.value is None:
+        return None
+    return ex.Economics(margin_pct="margin_pct", discount_pct="discount_pct", cost_per_contact="cost_per_contact",
+                        revenue_is_net=True)
+
+
+def srm(setup: Setup, planned_control_share: float = 0.0) -> pd.DataFrame:
+    """Sample-ratio check per campaign: observed control share vs the planned one (chi-square, `experiments.srm_table`).
+
+    Planned share: the campaigns table's `control_share` when present, else `planned_control_share` when > 0, else
+    the observed share rounded to the nearest design value of `rules/monitoring.yaml` (1/k splits, multiples of 5%),
+    i.e. the design the data points to (50/50 for a two-group test near half). The arm check assumes the treated
+    rows were split equally between the arms.
+    """
+    rules = load_rules()
+    design = np.asarray(rules["design_shares"], dtype=float)
+    rows = []
+    for cid, part in setup.contacts.groupby("campaign_id"):
+        n_c = int((part["group"] == "control").sum())
+        n_t = len(part) - n_c
+        observed = n_c / len(part)
+        given = setup.campaigns.set_index("campaign_id")["control_share"].get(cid, np.nan)
+        if pd.notna(given) and 0 < float(given) < 1:
+            plan, source = float(given), "campaigns.control_share"
+        elif 0 < planned_control_share < 1:
+            plan, source = planned_control_share, "notebook parameter planned_control_share"
+        else:
+            plan, source = float(design[np.argmin(np.abs(design - observed))]), "design share nearest the data"
+        res = ex.srm_table(part, {"control": plan, "treatment": 1 - plan}, by=["campaign_id"]).iloc[0]
+        arms = sorted(part.loc[part["group"] == "treatment", "arm"].unique())
+        arm_p = np.nan
+        if len(arms) > 1:
+            cells = part.assign(_cell=part["arm"].where(part["group"] == "treatment", "__control__"))
+            shares = {"__control__": plan, **{a: (1 - plan) / len(arms) for a in arms}}
+            arm_p = ex.srm_table(cells, shares, by=["campaign_id"], unit_col="_cell")["srm_p_value"].iloc[0]
+        rows.append({"campaign_id": cid, "n_treated": n_t, "n_control": n_c, "control_share_observed": observed,
+                     "control_share_planned": plan, "planned_from": source, "srm_chi2": res["srm_chi2"],
+                     "srm_p_value": res["srm_p_value"], "srm_arms_p_value": arm_p})
+    out = pd.DataFrame(rows)
+    limit = ex.load_rules()["srm_p_value_below"]
+    out["srm_flag"] = (out["srm_p_value"] < limit) | (out["srm_arms_p_value"] < limit)
+    return out
+
+
+def _recommend(row: pd.Series) -> str:
+    try:
+        return ex.recommend(row)
+    except InputError:
+        return "continue: no control conversions yet, so the power calculation cannot size the test; keep collecting"
+
+
+def arm_table(setup: Setup, srm_table: pd.DataFrame, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+              cuped: bool = True) -> pd.DataFrame:
+    """`experiments.arm_results` per campaign x arm against the campaign's shared control, with margin after
+    discounts and contact costs, the CUPED estimate (pre-period spend, when available), the SRM p-value and the
+    recommendation. p_value_adjusted: Holm across the arms of each campaign."""
+    econ = economics(setup)
+    res = ex.arm_results(setup.contacts, setup.primary, setup.value, by=("campaign_id", "arm"),
+                         control_match=("campaign_id",), alpha=alpha, n_boot=n_boot if setup.value else 0, seed=seed,
+                         economics=econ)
+    if setup.value and cuped and setup.has_pre:
+        adj = ex.arm_results(setup.contacts, setup.primary, setup.value, by=("campaign_id", "arm"),
+                             control_match=("campaign_id",), alpha=alpha, n_boot=0, pre_period="pre_spend")
+        res["incremental_revenue_cuped"] = adj["incremental_revenue"].to_numpy()
+        res["incremental_revenue_cuped_low"] = adj["incremental_revenue_low"].to_numpy()
+        res["incremental_revenue_cuped_high"] = adj["incremental_revenue_high"].to_numpy()
+        res["cuped_variance_reduction"] = adj["cuped_variance_reduction"].to_numpy()
+    if setup.value:
+        res["incremental_revenue_boot_low"] = res["revenue_diff_boot_low"] * res["n_treated"]
+        res["incremental_revenue_boot_high"] = res["revenue_diff_boot_high"] * res["n_treated"]
+    res = res.merge(srm_table[["campaign_id", "srm_p_value"]], on="campaign_id", how="left")
+    res["recommendation"] = [_recommend(r) for _, r in res.iterrows()]
+    res["decision"] = res["recommendation"].str.split(":").str[0]
+    return res
+
+
+def _is_binary(values: pd.Series) -> bool:
+    num = pd.to_numeric(values, errors="coerce")
+    return bool(num.notna().all() and num.isin([0, 1]).all())
+
+
+def secondary_results(setup: Setup, alpha: float = 0.05) -> pd.DataFrame:
+    """Every secondary outcome per campaign x arm: rates (binary) or means (amounts) treated vs control, the
+    difference with its interval (Newcomb / Welch) and p-values (Holm within campaign)."""
+    frames = []
+    for out in setup.secondary:
+        if _is_binary(setup.contacts[out]):
+            r = ex.arm_results(setup.contacts, out, by=("campaign_id", "arm"), control_match=("campaign_id",),
+                               alpha=alpha, n_boot=0)
+            part = pd.DataFrame({"treated": r["conversion_rate_treated"], "control": r["conversion_rate_control"],
+                                 "diff": r["conversion_lift_abs"], "diff_low": r["conversion_lift_abs_low"],
+                                 "diff_high": r["conversion_lift_abs_high"], "p_value": r["p_value"],
+                                 "p_value_adjusted": r["p_value_adjusted"], "kind": "rate"})
+        else:
+            r = ex.arm_results(setup.contacts, setup.primary, out, by=("campaign_id", "arm"),
+                               control_match=("campaign_id",), alpha=alpha, n_boot=0)
+            adjusted = r.groupby("campaign_id")["p_value_revenue"].transform(lambda s: pd.Series(ex.holm(s), s.index))
+            part = pd.DataFrame({"treated": r["revenue_per_customer_treated"],
+                                 "control": r["revenue_per_customer_control"], "diff": r["revenue_diff"],
+                                 "diff_low": r["revenue_diff_welch_low"], "diff_high": r["revenue_diff_welch_high"],
+                                 "p_value": r["p_value_revenue"], "p_value_adjusted": adjusted, "kind": "mean"})
+        frames.append(pd.concat([r[["campaign_id", "arm", "n_treated", "n_control"]], part], axis=1)
+                      .assign(outcome=out))
+    cols = ["campaign_id", "arm", "outcome", "kind", "n_treated", "n_control", "treated", "control", "diff",
+            "diff_low", "diff_high", "p_value", "p_value_adjusted"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+# ------------------------------------------------------------------------------------------------- breakdowns
+
+def breakdown(setup: Setup, dims: Sequence[str], alpha: float = 0.05) -> pd.DataFrame:
+    """Extra value by `dims` (e.g. channel, segment, launch_week), arms of a campaign pooled.
+
+    Each campaign x level cell is measured against the control rows of the same campaign and level; totals over
+    campaigns add the cells' incremental conversions (and revenue) with a normal interval from the summed variances
+    (half-width / z per cell), which treats campaigns as independent experiments. Cells without control rows are
+    left out of the incremental figures and counted in `cells_without_control`.
+    """
+    dims = list(dims)
+    missing = [d for d in dims if d not in setup.contacts.columns]
+    if missing:
+        raise InputError(f"breakdown: contacts have no column(s) {missing}; available: segment only with a segment "
+                         "source, launch_week only with contact dates.")
+    data = setup.contacts.copy()
+    for d in dims:
+        data[d] = data[d].astype("string").fillna("unknown") if d != "launch_week" else data[d]
+    cells = ex.arm_results(data, setup.primary, setup.value, by=["campaign_id", *dims],
+                           control_match=["campaign_id", *dims], alpha=alpha, n_boot=0)
+    z = stats.norm.isf(alpha / 2)
+    ok = cells["n_control"] > 0
+    cells["_se_c"] = (cells["incremental_conversions_high"] - cells["incremental_conversions_low"]) / (2 * z)
+    cells["_nt_ok"] = cells["n_treated"].where(ok, 0)
+    agg = {"campaigns": ("campaign_id", "nunique"), "n_treated": ("n_treated", "sum"),
+           "n_control": ("n_control", "sum"), "conversions_treated": ("conversions_treated", "sum"),
+           "conversions_control": ("conversions_control", "sum"),
+           "incremental_conversions": ("incremental_conversions", "sum"), "_v_c": ("_se_c", lambda s: (s ** 2).sum()),
+           "_nt_ok": ("_nt_ok", "sum"), "cells_without_control": ("n_control", lambda s: int((s == 0).sum()))}
+    if setup.value:
+        cells["_se_r"] = (cells["incremental_revenue_high"] - cells["incremental_revenue_low"]) / (2 * z)
+        agg.update(incremental_revenue=("incremental_revenue", "sum"), _v_r=("_se_r", lambda s: (s ** 2).sum()))
+    out = cells.groupby(dims, dropna=False).agg(**agg).reset_index()
+    out["conversion_rate_treated"] = out["conversions_treated"] / out["n_treated"]
+    out["conversion_rate_control"] = (out["conversions_control"] / out["n_control"]).where(out["n_control"] > 0)
+    for stem, var in (("incremental_conversions", "_v_c"), ("incremental_revenue", "_v_r")):
+        if stem in out:
+            half = z * np.sqrt(out[var])
+            out[f"{stem}_low"], out[f"{stem}_high"] = out[stem] - half, out[stem] + half
+    out["extra_conversions_per_1000"] = 1000 * out["incremental_conversions"] / out["_nt_ok"].where(out["_nt_ok"] > 0)
+    if setup.value:
+        out["extra_revenue_per_contact"] = out["incremental_revenue"] / out["_nt_ok"].where(out["_nt_ok"] > 0)
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")])
+
+
+def trend(setup: Setup, alpha: float = 0.05) -> pd.DataFrame:
+    """Redemption and extra conversions by launch week and channel, with a rolling view over the last
+    `rolling_weeks` launch weeks of the same channel (sums of conversions and contacts, not averages of rates)."""
+    weekly = breakdown(setup, ["launch_week", "channel"], alpha).sort_values(["channel", "launch_week"])
+    window = int(load_rules()["rolling_weeks"])
+    roll = weekly.groupby("channel")[["incremental_conversions", "n_treated", "conversions_treated"]].transform(
+        lambda s: s.rolling(window, min_periods=1).sum())
+    weekly["redemption_rate"] = weekly["conversions_treated"] / weekly["n_treated"]
+    weekly["rolling_redemption_rate"] = roll["conversions_treated"] / roll["n_treated"]
+    weekly["rolling_extra_conversions_per_1000"] = 1000 * roll["incremental_conversions"] / roll["n_treated"]
+    return weekly.reset_index(drop=True)
+
+
+def sequential_looks(setup: Setup, as_of: date | str, alpha: float = 0.05) -> pd.DataFrame:
+    """Weekly cumulative looks per campaign x arm with Lan-DeMets O'Brien-Fleming-type bounds
+    (`experiments.sequential_monitor`); the planned size is the campaign's size at as_of (no separate plan)."""
+    if "contact_date" not in setup.contacts.columns:
+        return pd.DataFrame()
+    frames = []
+    for _, part in setup.contacts.groupby("campaign_id"):
+        treated = part[part["group"] == "treatment"]
+        n_t = int(treated.groupby("arm").size().max()) if len(treated) else 0
+        n_c = int((part["group"] == "control").sum())
+        if n_t == 0 or n_c == 0:
+            continue
+        frames.append(ex.sequential_monitor(part, setup.primary, as_of, n_t, n_c, by=("campaign_id", "arm"),
+                                            control_match=("campaign_id",), alpha=alpha))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------------------------------- dilution, ROI
+
+def targeting_class(campaigns: pd.DataFrame) -> pd.Series:
+    """'targeted', 'diffusive' or NA per campaign: the `targeting` column, else words in the campaign name."""
+    words = load_rules()["targeting_words"]
+
+    def classify(text: Any) -> Any:
+        if not isinstance(text, str):
+            return pd.NA
+        low = text.lower()
+        for label in ("targeted", "diffusive"):
+            if low == label or any(w in low for w in words[label]):
+                return label
+        return pd.NA
+
+    by_column = campaigns["targeting"].map(classify)
+    return by_column.fillna(campaigns["name"].map(classify)).astype("string")
+
+
+def dilution_table(setup: Setup, by: Sequence[str] = ("campaign_id",)) -> pd.DataFrame:
+    """`experiments.dilution` per campaign (or campaign x arm): dilution, net incremental margin, ROI; empty without
+    a spend column."""
+    econ = economics(setup)
+    if econ is None:
+        return pd.DataFrame()
+    return ex.dilution(setup.contacts, setup.primary, setup.value, econ, by=list(by), control_match=("campaign_id",))
+
+
+def roi_by(dilution: pd.DataFrame, campaigns: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Campaign dilution rows summed per campaign attribute (channel, type or targeting): ROI = net incremental
+    margin / (contact cost + discount cost)."""
+    if dilution.empty:
+        return pd.DataFrame()
+    attrs = campaigns.assign(targeting=targeting_class(campaigns))[["campaign_id", column]]
+    data = dilution.merge(attrs, on="campaign_id", how="left")
+    data[column] = data[column].astype("string").fillna("unknown")
+    cols = ["n_treated", "redemptions", "discount_cost", "dilution_cost", "contact_cost", "incremental_margin",
+            "net_incremental_margin"]
+    out = data.groupby(column)[cols].sum().reset_index()
+    out.insert(1, "campaigns", data.groupby(column)["campaign_id"].nunique().to_numpy())
+    spend = out["contact_cost"] + out["discount_cost"]
+    out["roi"] = (out["net_incremental_margin"] / spend).where(spend > 0)
+    out["net_margin_per_contact"] = out["net_incremental_margin"] / out["n_treated"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- balance
+
+def balance_covariates(setup: Setup, extra: Sequence[str] = ()) -> list[str]:
+    """Pre-assignment attributes to check: pre-period spend and orders, CRM attributes, and `extra` contacts columns
+    (e.g. an anonymised export's own history columns)."""
+    c = setup.contacts
+    cols = ["pre_spend", "pre_orders"] if setup.has_pre else []
+    cols += [x for x in load_rules()["crm_balance_columns"] if x in c.columns and setup.has_ids]
+    missing = [x for x in extra if x not in c.columns]
+    if missing:
+        raise InputError(f"balance_columns {missing} are not contacts columns; available: {list(c.columns)}.")
+    return list(dict.fromkeys(cols + list(extra)))
+
+
+def balance(setup: Setup, covariates: Sequence[str]) -> pd.DataFrame:
+    """`experiments.balance_table` per campaign, plus a p-value for each SMD (z = SMD / sqrt(1/n_t + 1/n_c)) and
+    `red_flag` = |SMD| above the rules' limit AND p below `balance_p_value_below`."""
+    if not covariates:
+        return pd.DataFrame()
+    data = setup.contacts.copy()
+    for col in covariates:
+        num = pd.to_numeric(data[col], errors="coerce")
+        if data[col].notna().sum() and num.notna().sum() == data[col].notna().sum():
+            data[col] = num.astype(float)
+    limit = load_rules()["balance_p_value_below"]
+    frames = []
+    for cid, part in data.groupby("campaign_id"):
+        n_t, n_c = int((part["group"] == "treatment").sum()), int((part["group"] == "control").sum())
+        if n_t < 2 or n_c < 2:
+            continue
+        tab = ex.balance_table(part, list(covariates))
+        tab.insert(0, "campaign_id", cid)
+        tab["p_value"] = 2 * stats.norm.sf(np.abs(tab["smd"]) / np.sqrt(1 / n_t + 1 / n_c))
+        tab["red_flag"] = tab["flag"] & (tab["p_value"] < limit)
+        frames.append(tab)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------------- feedback
+
+def feedback(setup: Setup) -> pd.DataFrame:
+    """Observed and shrunk response and uplift per segment x campaign type x discount (`experiments.feedback_priors`),
+    in the prior-table layout `cvm.uplift.load_priors` reads.
+
+    Control rows carry no discount, so each campaign's control rows are counted once for every discount level its
+    arms offered (they are the counterfactual of each arm). Segment '*' when no segment is known.
+    """
+    c = setup.contacts
+    cols = ["campaign_id", "campaign_type", "group", "discount_pct", setup.primary]
+    data = c[cols].assign(segment=c["segment"] if "segment" in c else ANY_SEGMENT)
+    treated = data[data["group"] == "treatment"]
+    levels = treated[["campaign_id", "discount_pct"]].drop_duplicates()
+    controls = data[data["group"] == "control"].drop(columns="discount_pct").merge(levels, on="campaign_id")
+    both = pd.concat([treated, controls], ignore_index=True)
+    both["campaign_type"] = both["campaign_type"].astype("string")
+    out = ex.feedback_priors(both, setup.primary, by=("segment", "campaign_type", "discount_pct"))
+    return out.dropna(subset=["rate_control", "rate_treated"]).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------- write out
+
+def write_tables(con: duckdb.DuckDBPyConnection, out_dir: str | Path, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
+    """Each non-empty frame as a table of the run database (replaced) and as `<out_dir>/<name>.parquet`;
+    `monitoring_feedback` also as `feedback_priors.parquet`."""
+    written = []
+    for name, frame in frames.items():
+        if frame is None or frame.empty:
+            continue
+        clean = frame.copy()
+        for col in clean.columns:
+            if clean[col].dtype == object:
+                clean[col] = clean[col].astype("string")
+        con.register("_frame", clean)
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
+        con.unregister("_frame")
+        file = "feedback_priors" if name == "monitoring_feedback" else name
+        path = Path(out_dir) / f"{file}.parquet"
+        clean.to_parquet(path, index=False)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------- sentences
+
+def _money(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def notes_sentence(setup: Setup) -> str:
+    """What the data allowed, in plain words (the outcome used, and every step skipped)."""
+    head = (f"Decisions use the outcome **{setup.primary}**"
+            + (f" and the spend column **{setup.value}**" if setup.value else " (no spend column)")
+            + (f"; also reported: {', '.join(setup.secondary)}." if setup.secondary else "."))
+    seg = f" Segments come from {setup.segment_source}." if setup.segment_source else ""
+    return head + seg + (" " + " ".join(setup.notes) if setup.notes else "")
+
+
+def overview_sentence(table: pd.DataFrame) -> str:
+    """How many campaigns, arms and contacts are measured."""
+    arms = int(table["arms"].fillna("").str.split(", ").map(len).sum())
+    return (f"{len(table)} campaign(s) with {arms} treated arm(s): {int(table['n_treated'].sum()):,} treated and "
+            f"{int(table['n_control'].sum()):,} control contacts.")
+
+
+def lift_sentence(arms: pd.DataFrame) -> str:
+    """Which arms created extra conversions (interval above zero) and the total extra value."""
+    wins = arms[arms["conversion_lift_abs_low"] > 0]
+    losses = arms[arms["conversion_lift_abs_high"] < 0]
+    text = (f"{len(wins)} of {len(arms)} arm(s) converted confidently more than their control group, {len(losses)} "
+            f"confidently less; together they brought {arms['incremental_conversions'].sum():,.0f} extra conversions")
+    if "incremental_revenue" in arms:
+        text += f" and {_money(arms['incremental_revenue'].sum())} extra revenue"
+    if "incremental_margin_net" in arms:
+        text += f" ({_money(arms['incremental_margin_net'].sum())} net margin after discounts and contact costs)"
+    best = arms.loc[arms["conversion_lift_abs"].idxmax()] if len(arms) else None
+    if best is not None:
+        text += (f". Largest lift: {best['campaign_id']} / {best['arm']}, {best['conversion_lift_abs'] * 100:+.2f} "
+                 f"points ({best['conversion_lift_abs_low'] * 100:+.2f} to {best['conversion_lift_abs_high'] * 100:+.2f})")
+    return text + ". p-values are Holm-adjusted across the arms of each campaign."
+
+
+def srm_sentence(table: pd.DataFrame) -> str:
+    """A red banner when any campaign's split differs from its plan, else a one-line all-clear."""
+    bad = table[table["srm_flag"]]
+    limit = ex.load_rules()["srm_p_value_below"]
+    if len(bad):
+        items = "; ".join(f"{r.campaign_id}: {r.control_share_observed:.1%} control vs {r.control_share_planned:.1%} "
+                          f"planned (p = {min(r.srm_p_value, np.nan_to_num(r.srm_arms_p_value, nan=1)):.2g})"
+                          for r in bad.itertuples())
+        return (f'<div style="background:#c0392b;color:white;padding:8px;font-weight:bold">RED FLAG: the group '
+                f"sizes do not match the plan in {len(bad)} campaign(s) — {items}. Their results are not reliable "
+                "until the randomisation is checked.</div>")
+    sources = ", ".join(sorted(table["planned_from"].unique()))
+    return (f"Sample-ratio check passed for all {len(table)} campaign(s) (chi-square, alarm below p = {limit}; planned "
+            f"control share from: {sources}).")
+
+
+def balance_sentence(table: pd.DataFrame, setup: Setup) -> str:
+    """A red banner when a pre-period attribute differs clearly between groups, else what was checked or skipped."""
+    if table.empty:
+        return ("Balance on pre-period attributes was not checked: " + ("the contacts carry no customer id and no "
+                "balance_columns were named." if not setup.has_ids else "no pre-period attribute is available."))
+    red = table[table["red_flag"]]
+    if len(red):
+        items = "; ".join(f"{r.campaign_id} {r.covariate} (SMD {r.smd:+.2f})" for r in red.head(5).itertuples())
+        return (f'<div style="background:#c0392b;color:white;padding:8px;font-weight:bold">RED FLAG: treated and '
+                f"control groups differ before the campaign on {len(red)} attribute(s): {items}.</div>")
+    return (f"Groups are balanced before the campaigns: {int(table['flag'].sum())} of {len(table)} comparisons exceed "
+            "the SMD limit, none of them beyond chance.")
+
+
+def dilution_sentence(table: pd.DataFrame) -> str:
+    """How much discount went to customers who would have bought anyway, and the net result."""
+    if table.empty:
+        return "Dilution and ROI need a spend column; they are not measured for this data."
+    disc, dil = table["discount_cost"].sum(), table["dilution_cost"].sum()
+    net = table["net_incremental_margin"].sum()
+    spend = disc + table["contact_cost"].sum()
+    share = f" ({dil / disc:.0%} of all discounts)" if disc > 0 else ""
+    roi = f"; ROI {net / spend:.2f} per unit spent" if spend > 0 else ""
+    return (f"{_money(dil)} of discount went to customers who would have bought anyway{share}. Net incremental "
+            f"margin after discounts and contact costs: {_money(net)}{roi}.")
+
+
+def targeting_sentence(table: pd.DataFrame) -> str:
+    """Targeted vs diffusive on actual results, or what is needed to compare them."""
+    known = table[table["targeting"] != "unknown"] if not table.empty else table
+    if known.empty or known["targeting"].nunique() < 2:
+        return ("Targeted and diffusive campaigns cannot be compared: add a `targeting` column (targeted|diffusive) "
+                "to the campaigns table, or name the campaigns accordingly.")
+    parts = [f"{r.targeting}: {r.net_margin_per_contact:,.2f} net margin per contact over {r.campaigns} campaign(s)"
+             for r in known.itertuples()]
+    return "; ".join(parts) + "."
+
+
+def trend_sentence(weekly: pd.DataFrame) -> str:
+    """The latest rolling extra conversions per channel."""
+    if weekly.empty:
+        return "No launch dates: no weekly trend."
+    last = weekly.sort_values("launch_week").groupby("channel").tail(1)
+    parts = [f"{r.channel} {r.rolling_extra_conversions_per_1000:,.1f}" for r in last.itertuples()]
+    return ("Extra conversions per 1,000 contacts over the latest rolling window: " + ", ".join(parts) + ".")
+
+
+def sequential_sentence(looks: pd.DataFrame) -> str:
+    """How many arms crossed a stopping boundary at the latest weekly look."""
+    if looks.empty:
+        return "Weekly looks need contact dates; none are available."
+    last = looks.groupby(["campaign_id", "arm"]).tail(1)
+    counts = last["decision"].value_counts()
+    return (f"At the latest weekly look, {int(counts.get('efficacy', 0))} arm(s) crossed the efficacy boundary, "
+            f"{int(counts.get('harm', 0))} the harm boundary and {int(counts.get('continue', 0))} none. The "
+            "boundaries use Lan-DeMets alpha spending with the O'Brien-Fleming-type function, so looking every week "
+            "keeps the overall false-alarm rate at the chosen level.")
+
+
+def recommendation_sentence(arms: pd.DataFrame) -> str:
+    """Counts of stop / scale / continue / check set-up decisions."""
+    counts = arms["decision"].value_counts()
+    return "Recommendations: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."
+
+
+def feedback_sentence(table: pd.DataFrame) -> str:
+    """What the next personalisation run will read."""
+    return (f"{len(table):,} segment x campaign type x discount cells written as `monitoring_feedback`; small cells "
+            "are shrunk toward their campaign type's rate (beta-binomial empirical Bayes).")
+
+
+# ---------------------------------------------------------------------------------------------------- charts
+
+def plot_breakdown(table: pd.DataFrame, dim: str) -> Figure:
+    """Extra conversions per 1,000 contacts per level of `dim`, with the interval; the title names the best level."""
+    data = table.dropna(subset=["extra_conversions_per_1000"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(data) + 1.8))
+    nt = data["n_treated"].to_numpy(float)
+    est = data["extra_conversions_per_1000"].to_numpy()
+    low = 1000 * data["incremental_conversions_low"].to_numpy() / nt
+    high = 1000 * data["incremental_conversions_high"].to_numpy() / nt
+    labels = data[dim].astype(str).str.slice(0, 10) if dim == "launch_week" else data[dim].astype(str)
+    y = np.arange(len(data))[::-1]
+    colours = np.where(low > 0, "tab:green", np.where(high < 0, "tab:red", "tab:grey"))
+    ax.hlines(y, low, high, colors=colours, linewidth=2.5)
+    ax.scatter(est, y, color=colours, zorder=3)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("extra conversions per 1,000 treated contacts (95% interval)")
+    best = data.loc[np.argmax(est)] if len(data) else None
+    ax.set_title(f"By {dim}: {best[dim]!s:.10} brings the most extra conversions" if best is not None
+                 else f"By {dim}: no level with a control group")
+    fig.tight_layout()
+    return fig
+
+
+def plot_trend(weekly: pd.DataFrame) -> Figure:
+    """Rolling extra conversions per 1,000 contacts by launch week, one line per channel (weekly points as dots)."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for channel, part in weekly.groupby("channel"):
+        line, = ax.plot(part["launch_week"], part["rolling_extra_conversions_per_1000"], marker="", label=channel)
+        ax.scatter(part["launch_week"], part["extra_conversions_per_1000"], color=line.get_color(), alpha=0.5)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xlabel("launch week")
+    ax.set_ylabel("extra conversions per 1,000 contacts")
+    ax.legend(title="channel (line: rolling, dots: week)")
+    last = weekly.sort_values("launch_week").groupby("channel").tail(1)
+    top = last.loc[last["rolling_extra_conversions_per_1000"].idxmax()] if len(last) else None
+    ax.set_title(f"{top['channel']} leads on extra conversions in the latest window" if top is not None
+                 else "No launch weeks")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def plot_roi(dilution: pd.DataFrame, campaigns: pd.DataFrame) -> Figure:
+    """Net incremental margin per campaign, split into what the discounts and contacts cost; title counts losers."""
+    data = dilution.merge(campaigns[["campaign_id", "name"]], on="campaign_id").sort_values("net_incremental_margin")
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(data) + 1.8))
+    y = np.arange(len(data))
+    net = data["net_incremental_margin"].to_numpy()
+    ax.barh(y, net, color=np.where(net > 0, "tab:green", "tab:red"), label="net incremental margin")
+    ax.scatter(-data["dilution_cost"], y, color="black", marker="|", s=120, label="minus dilution (discount wasted)")
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(y, data["campaign_id"] + " " + data["name"].astype(str).str.slice(0, 22))
+    ax.set_xlabel("currency, after discounts and contact costs")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{int((net < 0).sum())} of {len(data)} campaigns lost money after discounts and contact costs")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------- summary
+
+def _pair(row: Mapping[str, Any], low: str, high: str) -> list[Any]:
+    return [row.get(low), row.get(high)]
+
+
+def summary(setup: Setup, arms: pd.DataFrame, secondary: pd.DataFrame, srm_table: pd.DataFrame,
+            balance_table: pd.DataFrame, dilution: pd.DataFrame, feedback_table: pd.DataFrame,
+            cards: Sequence[Path] = ()) -> dict[str, Any]:
+    """Key figures for summary.json: one entry per arm (the issue's keys) plus secondary outcomes and the checks."""
+    entries = []
+    for _, r in arms.iterrows():
+        row = r.to_dict()
+        sec = secondary[(secondary["campaign_id"] == row["campaign_id"]) & (secondary["arm"] == row["arm"])]
+        entries.append({
+            "campaign_id": row["campaign_id"], "arm": row["arm"], "n_treated": row["n_treated"],
+            "n_control": row["n_control"], "conversion_rate_treated": row["conversion_rate_treated"],
+            "conversion_rate_control": row["conversion_rate_control"],
+            "conversion_lift_abs": row["conversion_lift_abs"],
+            "conversion_lift_ci": _pair(row, "conversion_lift_abs_low", "conversion_lift_abs_high"),
+            "conversion_lift_rel": row["conversion_lift_rel"],
+            "revenue_per_customer_treated": row.get("revenue_per_customer_treated"),
+            "revenue_per_customer_control": row.get("revenue_per_customer_control"),
+            "incremental_conversions": row["incremental_conversions"],
+            "incremental_revenue": row.get("incremental_revenue"),
+            "incremental_revenue_ci": _pair(row, "incremental_revenue_low", "incremental_revenue_high"),
+            "incremental_revenue_boot_ci": _pair(row, "incremental_revenue_boot_low", "incremental_revenue_boot_high"),
+            "incremental_revenue_cuped": row.get("incremental_revenue_cuped"),
+            "incremental_margin_net": row.get("incremental_margin_net"),
+            "p_value": row["p_value"], "p_value_adjusted": row["p_value_adjusted"],
+            "srm_p_value": row["srm_p_value"], "recommendation": row["recommendation"],
+            "secondary": {s["outcome"]: {"kind": s["kind"], "treated": s["treated"], "control": s["control"],
+                                         "diff": s["diff"], "diff_ci": [s["diff_low"], s["diff_high"]],
+                                         "p_value": s["p_value"], "p_value_adjusted": s["p_value_adjusted"]}
+                          for _, s in sec.iterrows()},
+        })
+    return {
+        "primary_outcome": setup.primary, "value_outcome": setup.value, "secondary_outcomes": setup.secondary,
+        "has_customer_ids": setup.has_ids, "cuped": bool("incremental_revenue_cuped" in arms),
+        "segment_source": setup.segment_source, "notes": setup.notes,
+        "n_campaigns": int(arms["campaign_id"].nunique()), "n_arms": len(arms), "arms": entries,
+        "srm_flags": srm_table.loc[srm_table["srm_flag"], "campaign_id"].tolist(),
+        "balance_red_flags": (int(balance_table["red_flag"].sum()) if not balance_table.empty else None),
+        "net_incremental_margin": (float(dilution["net_incremental_margin"].sum()) if not dilution.empty else None),
+        "dilution_cost": float(dilution["dilution_cost"].sum()) if not dilution.empty else None,
+        "feedback_rows": len(feedback_table), "cards": [p.name for p in cards],
+    }
+
+
+def write_cards(out_dir: str | Path, setup: Setup, arms: pd.DataFrame, funnel_table: pd.DataFrame,
+                dilution: pd.DataFrame, srm_table: pd.DataFrame) -> list[Path]:
+    """One HTML campaign card per campaign in `<out_dir>/cards/<campaign_id>.html` (`cards.campaign_card`)."""
+    from cvm import cards
+
+    folder = Path(out_dir) / "cards"
+    dil = dilution.set_index("campaign_id") if not dilution.empty else None
+    checks = srm_table.set_index("campaign_id")
+    paths = []
+    for camp in setup.campaigns.to_dict("records"):
+        cid = camp["campaign_id"]
+        card = cards.campaign_card(camp, arms[arms["campaign_id"] == cid],
+                                   funnel_table[funnel_table["campaign_id"] == cid],
+                                   dil.loc[cid].to_dict() if dil is not None and cid in dil.index else None,
+                                   checks.loc[cid].to_dict() if cid in checks.index else None)
+        paths.append(cards.write(card, folder, str(cid)))
+    return paths
