@@ -96,13 +96,13 @@ def guardrails(features: pd.DataFrame, models: CLVModels, excluded: pd.Series | 
     corr = clv.spend_frequency_correlation(data["x"], data["mean_repeat_value"])
     one_time = float((data["x"] == 0).mean())
     return pd.DataFrame([
-        {"check": "spend-frequency correlation (Gamma-Gamma assumes ~0)", "value": round(corr, 3),
+        {"check": "spend-frequency correlation (Gamma-Gamma assumes ~0)", "value": f"{corr:+.2f}",
          "status": "ok" if abs(corr) < 0.3 else "warning: spend model biased"},
-        {"check": "share of one-time buyers", "value": round(one_time, 3),
+        {"check": "share of one-time buyers", "value": f"{one_time:.0%}",
          "status": "ok" if one_time < 0.8 else "warning: little repeat behaviour to learn from"},
-        {"check": "BG/NBD converged", "value": models.bgnbd.converged,
+        {"check": "BG/NBD converged", "value": "yes" if models.bgnbd.converged else "no",
          "status": "ok" if models.bgnbd.converged else f"warning: {models.bgnbd.message}"},
-        {"check": "Gamma-Gamma converged", "value": models.gamma_gamma.converged,
+        {"check": "Gamma-Gamma converged", "value": "yes" if models.gamma_gamma.converged else "no",
          "status": "ok" if models.gamma_gamma.converged else f"warning: {models.gamma_gamma.message}"},
         {"check": "customers modelled / with repeat purchases", "value": f"{models.n_modelled:,} / {models.n_repeat:,}",
          "status": "ok" if models.n_repeat >= 100 else "warning: few repeat customers"},

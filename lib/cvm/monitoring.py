@@ -25,14 +25,18 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from cvm import customer_db, experiments as ex
+from cvm.config import RunConfig
 from cvm.errors import InputError
 
 RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
 FUNNEL = ("delivered", "opened", "clicked")
 ANY_SEGMENT = "*"  # the segment value of feedback rows when no segment is known (read by cvm.uplift.load_priors)
-TABLES = ("monitoring_overview", "monitoring_funnel", "monitoring_arms", "monitoring_secondary",
-          "monitoring_breakdown", "monitoring_trend", "monitoring_sequential", "monitoring_dilution",
-          "monitoring_srm", "monitoring_balance", "monitoring_feedback")
+#: the columns of the arm table shown in the report (those present)
+ARM_COLUMNS = ("campaign_id", "arm", "n_treated", "n_control", "conversion_rate_treated", "conversion_rate_control",
+               "conversion_lift_abs", "conversion_lift_abs_low", "conversion_lift_abs_high", "conversion_lift_rel",
+               "p_value", "p_value_adjusted", "revenue_per_customer_treated", "revenue_per_customer_control",
+               "incremental_conversions", "incremental_revenue", "incremental_revenue_low",
+               "incremental_revenue_high", "incremental_revenue_cuped", "incremental_margin_net")
 
 
 def load_rules(path: str | Path | None = None) -> dict[str, Any]:
@@ -235,6 +239,19 @@ def prepare(contacts: pd.DataFrame, *, as_of: date | str, campaigns: pd.DataFram
     return Setup(frame, campaigns_out, primary, value, secondary, has_ids, has_pre, segment_source, notes)
 
 
+def from_run(con: duckdb.DuckDBPyConnection, config: RunConfig, *, primary_outcome: str = "",
+             value_outcome: str = "revenue", attribution_days: int = 14, pre_period_days: int = 90,
+             margin_pct: float = 40.0) -> Setup:
+    """`prepare` on the run database's tables with the configuration's outcome settings (sources.contacts)."""
+    tables = read_tables(con)
+    src = config.sources.get("contacts")
+    return prepare(tables["contacts"], as_of=config.as_of, campaigns=tables["campaigns"],
+                   transactions=tables["transactions"], customer=tables["customer"],
+                   knowledge=tables["customer_knowledge"], outcomes=src.outcomes if src else (),
+                   primary_outcome=primary_outcome, config_primary=src.primary_outcome if src else None,
+                   value_outcome=value_outcome, attribution_days=attribution_days, pre_period_days=pre_period_days,
+                   margin_pct=margin_pct)
+
 # ----------------------------------------------------------------------------------------------------- overview
 
 def overview(setup: Setup) -> pd.DataFrame:
@@ -427,9 +444,43 @@ def breakdown(setup: Setup, dims: Sequence[str], alpha: float = 0.05) -> pd.Data
     return out.drop(columns=[c for c in out.columns if c.startswith("_")])
 
 
+def breakdowns(setup: Setup, names: Sequence[str], alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+    """`breakdown` for each requested dimension that the data has ('week' means the launch week)."""
+    out = {}
+    for name in names:
+        dim = "launch_week" if name == "week" else name
+        if dim in setup.contacts.columns:
+            out[dim] = breakdown(setup, [dim], alpha)
+    return out
+
+
+def breakdown_sentence(found: Mapping[str, pd.DataFrame], requested: Sequence[str]) -> str:
+    """The best level of each breakdown, and the breakdowns the data could not give."""
+    parts = []
+    for dim, table in found.items():
+        ok = table.dropna(subset=["extra_conversions_per_1000"])
+        if len(ok):
+            best = ok.loc[ok["extra_conversions_per_1000"].idxmax()]
+            parts.append(f"by {dim}, **{best[dim]!s:.10}** brings the most extra conversions "
+                         f"({best['extra_conversions_per_1000']:,.1f} per 1,000 contacts)")
+    skipped = [n for n in requested if ("launch_week" if n == "week" else n) not in found]
+    text = ("; ".join(parts) + ".") if parts else "No breakdown could be measured."
+    return text[0].upper() + text[1:] + (f" Not available in this data: {', '.join(skipped)}." if skipped else "")
+
+
+def stack_breakdowns(found: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """All breakdown tables in one long table (dimension, level, figures) for the database."""
+    frames = [t.rename(columns={dim: "level"}).assign(dimension=dim, level=lambda f: f["level"].astype("string"))
+              for dim, t in found.items()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def trend(setup: Setup, alpha: float = 0.05) -> pd.DataFrame:
     """Redemption and extra conversions by launch week and channel, with a rolling view over the last
-    `rolling_weeks` launch weeks of the same channel (sums of conversions and contacts, not averages of rates)."""
+    `rolling_weeks` launch weeks of the same channel (sums of conversions and contacts, not averages of rates);
+    empty without launch dates."""
+    if "launch_week" not in setup.contacts.columns:
+        return pd.DataFrame()
     weekly = breakdown(setup, ["launch_week", "channel"], alpha).sort_values(["channel", "launch_week"])
     window = int(load_rules()["rolling_weeks"])
     roll = weekly.groupby("channel")[["incremental_conversions", "n_treated", "conversions_treated"]].transform(

@@ -83,7 +83,8 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, max_rows: 
             formats[col] = "{:.1%}" if str(col).startswith(("share", "pct_", "rate")) else "{:,.2f}"
         elif pd.api.types.is_integer_dtype(shown[col]):
             formats[col] = "{:,}"
-    return shown.style.format(formats, na_rep="–").hide(axis="index")
+    labels = [str(c).replace("_", " ") for c in shown.columns]
+    return shown.style.format(formats, na_rep="–").hide(axis="index").relabel_index(labels, axis="columns")
 
 
 def _plain(value: Any) -> Any:
