@@ -27,6 +27,7 @@ def test_title_parameters_and_no_outputs(path: Path) -> None:
     assert nb.cells.index(tagged[0]) == first_code + 1, "the parameters cell comes right after the imports"
     for line in tagged[0].source.splitlines():
         assert "#" in line, f"parameter without a comment: {line}"
+        assert "=" not in line.split("#", 1)[1], f"papermill cannot parse a '=' inside the comment: {line}"
         node = ast.parse(line.split("#")[0]).body[0]
         assert isinstance(node, ast.AnnAssign), f"parameter without a type: {line}"
         try:

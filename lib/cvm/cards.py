@@ -101,10 +101,12 @@ def write(card: Card, folder: str | Path, name: str) -> Path:
     return path
 
 
-def _interval(low: Any, high: Any, scale: float = 1.0, unit: str = "") -> str:
+def _interval(low: Any, high: Any, scale: float = 1.0, spec: str = "") -> str:
+    """'low to high' after scaling; `spec` a format spec (default: `fmt`)."""
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return "–"
-    return f"{fmt(float(low) * scale)}{unit} to {fmt(float(high) * scale)}{unit}"
+    show = (lambda v: format(v, spec)) if spec else fmt
+    return f"{show(float(low) * scale)} to {show(float(high) * scale)}"
 
 
 def campaign_card(campaign: Mapping[str, Any], arms: pd.DataFrame, funnel: pd.DataFrame,
@@ -125,7 +127,7 @@ def campaign_card(campaign: Mapping[str, Any], arms: pd.DataFrame, funnel: pd.Da
         "conversion treated %": arms["conversion_rate_treated"] * 100,
         "conversion control %": arms["conversion_rate_control"] * 100,
         "lift (points)": arms["conversion_lift_abs"] * 100,
-        "95% interval (points)": [_interval(lo, hi, 100) for lo, hi in
+        "95% interval (points)": [_interval(lo, hi, 100, "+.2f") for lo, hi in
                                   zip(arms["conversion_lift_abs_low"], arms["conversion_lift_abs_high"])],
         "p (Holm)": arms["p_value_adjusted"]})
     sections = [Section("Set-up", setup), Section("Conversion lift against the control group", lift)]

@@ -36,7 +36,8 @@ ARM_COLUMNS = ("campaign_id", "arm", "n_treated", "n_control", "conversion_rate_
                "conversion_lift_abs", "conversion_lift_abs_low", "conversion_lift_abs_high", "conversion_lift_rel",
                "p_value", "p_value_adjusted", "revenue_per_customer_treated", "revenue_per_customer_control",
                "incremental_conversions", "incremental_revenue", "incremental_revenue_low",
-               "incremental_revenue_high", "incremental_revenue_cuped", "incremental_margin_net")
+               "incremental_revenue_high", "incremental_revenue_cuped", "incremental_margin_net",
+               "incremental_margin_net_low", "incremental_margin_net_high", "decision")
 
 
 def load_rules(path: str | Path | None = None) -> dict[str, Any]:
@@ -106,8 +107,8 @@ def attribute_outcomes(contacts: pd.DataFrame, transactions: pd.DataFrame, attri
     those orders, returns excluded) attributed from transactions; needs customer_id and the date column."""
     missing = [c for c in ("customer_id", date_col) if c not in contacts.columns]
     if missing or contacts["customer_id"].isna().all():
-        raise InputError(f"contacts: outcomes must be attributed from transactions but column(s) {missing or ['customer_id']} "
-                         f"are missing or empty ({len(contacts):,} rows). Supply the outcome columns or the ids.")
+        raise InputError(f"contacts: outcomes must be attributed from transactions but column(s) "
+                         f"{missing or ['customer_id']} are missing or empty ({len(contacts):,} rows). Supply the outcome columns or the ids.")
     if contacts[date_col].isna().any():
         raise InputError(f"contacts: {int(contacts[date_col].isna().sum()):,} rows have no {date_col}; attribution "
                          "needs the contact date (or the campaign start_date).")
@@ -670,8 +671,9 @@ def lift_sentence(arms: pd.DataFrame) -> str:
         text += f" ({_money(arms['incremental_margin_net'].sum())} net margin after discounts and contact costs)"
     best = arms.loc[arms["conversion_lift_abs"].idxmax()] if len(arms) else None
     if best is not None:
+        low, high = best["conversion_lift_abs_low"] * 100, best["conversion_lift_abs_high"] * 100
         text += (f". Largest lift: {best['campaign_id']} / {best['arm']}, {best['conversion_lift_abs'] * 100:+.2f} "
-                 f"points ({best['conversion_lift_abs_low'] * 100:+.2f} to {best['conversion_lift_abs_high'] * 100:+.2f})")
+                 f"points ({low:+.2f} to {high:+.2f})")
     return text + ". p-values are Holm-adjusted across the arms of each campaign."
 
 
@@ -817,7 +819,7 @@ def plot_roi(dilution: pd.DataFrame, campaigns: pd.DataFrame) -> Figure:
     ax.axvline(0, color="black", linewidth=1)
     ax.set_yticks(y, data["campaign_id"] + " " + data["name"].astype(str).str.slice(0, 22))
     ax.set_xlabel("currency, after discounts and contact costs")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(f"{int((net < 0).sum())} of {len(data)} campaigns lost money after discounts and contact costs")
     fig.tight_layout()
     return fig
