@@ -81,8 +81,11 @@ def test_example_cards_skip_anomalies_and_mask_contacts(tmp_path: Path) -> None:
     con = duckdb.connect()
     con.execute("CREATE TABLE transactions AS SELECT 'a' AS customer_id, 'o1' AS order_id, "
                 "TIMESTAMP '2026-06-01 10:00' AS order_date, 12.5 AS amount")
+    con.execute("CREATE TABLE contacts AS SELECT 'a' AS customer_id, 'spring' AS campaign_id, 'treatment' AS \"group\", "
+                "DATE '2026-05-01' AS contact_date, TRUE AS converted, 30.0 AS revenue")
     [card] = knowledge.write_customer_cards(table, con, tmp_path, ["a"])
     html = card.read_text()
+    assert "Campaigns received" in html and "spring" in html and "30.00" in html
     assert "a@x.com" not in html and "7700 900123" not in html
     assert "Set aside from modelling: bulk" in html and "12.50" in html
     with pytest.raises(InputError, match="1 id\\(s\\) not in the customer table"):

@@ -43,8 +43,9 @@ def _true_uplift(demo_dir: Path, contacts: pd.DataFrame, campaigns: pd.DataFrame
 def test_demo_monitoring_recovers_true_uplift(demo_config: Path, demo_dir: Path, tmp_path: Path) -> None:
     """Simulation with known truth (the demo generator): the true average uplift of each arm is the mean of
     p_treated - p_control over its treated customers. With 95% intervals and independent arms the number of
-    intervals that miss is Binomial(n_arms, 0.05): with ~25 arms, P(more than 20% miss) < 1%, so we require at
-    least 80% coverage. Every campaign gets a card; the feedback table is readable as the next run's priors."""
+    intervals that miss is Binomial(n_arms, 0.05): with 25 arms, P(more than 20% miss) is about 0.1%, so we require at
+    least 80% coverage (arms sharing a control group are positively correlated, which widens that spread a little;
+    on the seed-42 demo 23 of 25 intervals cover). Every campaign gets a card; the feedback table is readable as the next run's priors."""
     run_dir = _run(demo_config, tmp_path)
     out = run_dir / "monitoring"
     summary = json.loads((out / "summary.json").read_text())

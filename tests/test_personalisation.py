@@ -134,3 +134,22 @@ def test_bank_marketing_response_model_from_csv(real_data: Path):
     assert model.base_rate == pytest.approx(0.1170, abs=5e-4)
     assert 0.75 <= model.auc <= 0.85
     assert "duration" not in model.encoder.features
+
+
+def test_campaign_cards_rendered_by_cvm_cards(tmp_path: Path):
+    """One HTML card per campaign through `cvm.cards`, with the counts and expected figures of the campaign table
+    (hand-made plan: A has 2 treated and 1 control, B 1 treated and 0 control)."""
+    from cvm import offers as off
+
+    rows = _plan_rows()
+    rows["value"] = [4.98, -5.07, 4.98, -0.02]
+    offers = [off.Offer(o, f"Offer {o}", "retention", ("email", "sms"), (0.0, 10.0), 40.0, {"email": 0.02},
+                        description=f"offer {o} <b>") for o in ("A", "B")]
+    setup = pz.Setup(pd.Timestamp("2026-06-30"), pd.DataFrame(), pd.DataFrame(), offers, None, pd.DataFrame(),
+                     pd.DataFrame(), [pd.Timestamp("2026-07-07")], None, 14)
+    paths = pz.write_cards(_plan(rows), setup, tmp_path)
+    assert sorted(p.name for p in paths) == ["A-20260707.html", "B-20260707.html"]
+    page = (tmp_path / "cards" / "A-20260707.html").read_text()
+    assert "Offer A" in page and "offer A &lt;b&gt;" in page  # escaped
+    assert "<b>2</b><span>treated contacts</span>" in page and "<b>1</b><span>control customers</span>" in page
+    assert "40.0%" in page  # expected redemption rate (0.3 + 0.5) / 2

@@ -446,8 +446,9 @@ def _card_value(value: object) -> str:
     return str(value)
 
 
-def customer_card_html(row: pd.Series, history: pd.DataFrame) -> str:
-    """One-page HTML card for one customer: value, outlook, profile (contact details masked), consents, history."""
+def customer_card_html(row: pd.Series, history: pd.DataFrame, campaigns: pd.DataFrame | None = None) -> str:
+    """One-page HTML card for one customer: value, outlook, profile (contact details masked), consents, the last
+    orders and the campaigns received with the responses."""
     import html
 
     from cvm.report import mask_pii
@@ -466,9 +467,29 @@ def customer_card_html(row: pd.Series, history: pd.DataFrame) -> str:
              "section{display:inline-block;vertical-align:top;width:48%;margin:0 1% 12px 0}"
              "th{text-align:left;font-weight:normal;color:#555;padding:2px 12px 2px 0}td{font-weight:bold}"
              ".flag{background:#fde0dc;padding:8px;border-left:4px solid #d73027}table.dataframe td{font-weight:normal}")
+    received = ""
+    if campaigns is not None:
+        received = "<section style='width:98%'><h2>Campaigns received</h2>" + (
+            campaigns.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0, na_rep="–")
+            if len(campaigns) else "<p>None.</p>") + "</section>"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Customer {html.escape(str(row['customer_id']))}"
             f"</title><style>{style}</style></head><body><h1>Customer {html.escape(str(row['customer_id']))}</h1>"
-            + "".join(sections) + f"<section style='width:98%'><h2>Last orders</h2>{orders}</section></body></html>")
+            + "".join(sections) + f"<section style='width:98%'><h2>Last orders</h2>{orders}</section>" + received
+            + "</body></html>")
+
+
+def _campaigns_received(con: duckdb.DuckDBPyConnection, tables: set[str], cid: str) -> pd.DataFrame | None:
+    """The customer's rows in `contacts` (campaign, arm, group, date and whichever outcomes exist), newest first."""
+    if "contacts" not in tables:
+        return None
+    cols = set(con.execute("DESCRIBE contacts").df()["column_name"])
+    if "customer_id" not in cols:
+        return None
+    shown = [c for c in ("campaign_id", "arm", "group", "channel", "contact_date", "discount_pct", "opened",
+                         "clicked", "converted", "revenue") if c in cols]
+    order = " ORDER BY contact_date DESC" if "contact_date" in cols else ""
+    select = ", ".join(f'"{c}"' for c in shown)
+    return con.execute(f"SELECT {select} FROM contacts WHERE customer_id = ?{order}", [cid]).df()
 
 
 def write_customer_cards(table: pd.DataFrame, con: duckdb.DuckDBPyConnection, out_dir: Path,
@@ -479,15 +500,16 @@ def write_customer_cards(table: pd.DataFrame, con: duckdb.DuckDBPyConnection, ou
         raise InputError(f"customer_card_ids: {len(unknown)} id(s) not in the customer table, e.g. {unknown[:3]}.")
     folder = Path(out_dir) / "cards"
     folder.mkdir(parents=True, exist_ok=True)
+    tables = set(con.execute("SHOW TABLES").df()["name"])
     paths = []
     for cid in ids:
         row = table.loc[table["customer_id"].astype(str) == str(cid)].iloc[0]
         history = con.execute(
             "SELECT CAST(order_date AS DATE) AS date, order_id, SUM(amount) AS net_amount, COUNT(*) AS lines "
             "FROM transactions WHERE customer_id = ? GROUP BY 1, 2 ORDER BY 1 DESC LIMIT 12", [str(cid)]).df() \
-            if "transactions" in set(con.execute("SHOW TABLES").df()["name"]) else pd.DataFrame()
+            if "transactions" in tables else pd.DataFrame()
         path = folder / f"customer_{cid}.html"
-        path.write_text(customer_card_html(row, history), encoding="utf-8")
+        path.write_text(customer_card_html(row, history, _campaigns_received(con, tables, str(cid))), encoding="utf-8")
         paths.append(path)
     return paths
 

@@ -215,7 +215,8 @@ def prepare(contacts: pd.DataFrame, *, as_of: date | str, campaigns: pd.DataFram
     if has_ids and knowledge is not None and "rfm_segment" in knowledge.columns:
         seg = knowledge.drop_duplicates("customer_id").set_index(knowledge["customer_id"].astype("string"))
         frame["segment"] = frame["customer_id"].astype("string").map(seg["rfm_segment"]).fillna("unknown")
-        segment_source = "the knowledge step's RFM segment (customer_knowledge.rfm_segment)"
+        segment_source = ("the knowledge step's RFM segment (customer_knowledge.rfm_segment), measured at the analysis "
+                          "date, not at each contact date")
     elif "segment" in frame.columns:
         frame["segment"] = frame["segment"].astype("string").fillna("unknown")
         segment_source = "the contacts' own segment column"
@@ -252,6 +253,7 @@ def from_run(con: duckdb.DuckDBPyConnection, config: RunConfig, *, primary_outco
                    primary_outcome=primary_outcome, config_primary=src.primary_outcome if src else None,
                    value_outcome=value_outcome, attribution_days=attribution_days, pre_period_days=pre_period_days,
                    margin_pct=margin_pct)
+
 
 # ----------------------------------------------------------------------------------------------------- overview
 
@@ -462,7 +464,7 @@ def breakdown_sentence(found: Mapping[str, pd.DataFrame], requested: Sequence[st
         ok = table.dropna(subset=["extra_conversions_per_1000"])
         if len(ok):
             best = ok.loc[ok["extra_conversions_per_1000"].idxmax()]
-            parts.append(f"by {dim}, **{best[dim]!s:.10}** brings the most extra conversions "
+            parts.append(f"by {dim}, **{_label(best[dim])}** brings the most extra conversions "
                          f"({best['extra_conversions_per_1000']:,.1f} per 1,000 contacts)")
     skipped = [n for n in requested if ("launch_week" if n == "week" else n) not in found]
     text = ("; ".join(parts) + ".") if parts else "No breakdown could be measured."
@@ -639,6 +641,10 @@ def write_tables(con: duckdb.DuckDBPyConnection, out_dir: str | Path, frames: Ma
 
 # ------------------------------------------------------------------------------------------------- sentences
 
+def _label(value: Any) -> str:
+    return value.strftime("%Y-%m-%d") if isinstance(value, pd.Timestamp) else str(value)
+
+
 def _money(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -774,7 +780,7 @@ def plot_breakdown(table: pd.DataFrame, dim: str) -> Figure:
     est = data["extra_conversions_per_1000"].to_numpy()
     low = 1000 * data["incremental_conversions_low"].to_numpy() / nt
     high = 1000 * data["incremental_conversions_high"].to_numpy() / nt
-    labels = data[dim].astype(str).str.slice(0, 10) if dim == "launch_week" else data[dim].astype(str)
+    labels = data[dim].map(_label)
     y = np.arange(len(data))[::-1]
     colours = np.where(low > 0, "tab:green", np.where(high < 0, "tab:red", "tab:grey"))
     ax.hlines(y, low, high, colors=colours, linewidth=2.5)
@@ -783,7 +789,7 @@ def plot_breakdown(table: pd.DataFrame, dim: str) -> Figure:
     ax.set_yticks(y, labels)
     ax.set_xlabel("extra conversions per 1,000 treated contacts (95% interval)")
     best = data.loc[np.argmax(est)] if len(data) else None
-    ax.set_title(f"By {dim}: {best[dim]!s:.10} brings the most extra conversions" if best is not None
+    ax.set_title(f"By {dim}: {_label(best[dim])} brings the most extra conversions" if best is not None
                  else f"By {dim}: no level with a control group")
     fig.tight_layout()
     return fig

@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cvm import assignment, control_groups, customer_db, features as feat, knowledge, offers as off, policy as pol
-from cvm import uplift
+from cvm import cards, uplift
 from cvm.errors import InputError
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
@@ -736,53 +736,40 @@ def save_holdout(con: duckdb.DuckDBPyConnection, setup: Setup, out_dir: str | Pa
     return path
 
 
-def card_contents(plan: Plan, setup: Setup) -> list[dict[str, Any]]:
-    """What each campaign card says: goal, target, offer, discount, channel, counts, expected figures with ranges."""
+def campaign_cards(plan: Plan, setup: Setup) -> list[cards.Card]:
+    """One `cvm.cards.Card` per campaign: goal/type, target definition, offer and discount, channel, treated and
+    control counts, expected redemption rate, expected extra revenue and extra margin with 95 % ranges."""
     by_id = {o.offer_id: o for o in setup.offers}
-    cards = []
+    out = []
     for c in plan.campaigns.itertuples(index=False):
         o = by_id[c.offer_id]
         target = "; ".join(f"{k} {v}" for k, v in o.eligibility.items()) or "every customer"
-        cards.append({
-            "campaign_id": c.campaign_id, "title": f"{o.name} ({c.campaign_id})",
-            "fields": {
-                "Goal / type": f"{o.campaign_type}: {o.description}",
-                "Target definition": f"{target}; consent for the channel, contact policy respected, expected extra "
-                                     "margin above zero",
-                "Offer and discount": f"{o.name}; discount {c.discounts}",
-                "Channel": c.channels, "Launch date": pd.Timestamp(c.contact_date).strftime("%Y-%m-%d"),
-                "Treated / control": f"{c.n_treated:,} / {c.n_control:,}",
-                "Contact cost": f"{c.cost:,.2f}",
-                "Expected redemption rate": f"{c.expected_conversion_rate:.1%} (without contact "
-                                            f"{c.expected_control_rate:.1%})",
-                "Expected extra revenue": f"{c.expected_incremental_revenue:,.0f} "
-                                          f"(95% range {c.revenue_low:,.0f} to {c.revenue_high:,.0f})",
-                "Expected extra margin": f"{c.expected_incremental_margin:,.0f} "
-                                         f"(95% range {c.margin_low:,.0f} to {c.margin_high:,.0f})",
-            }})
-    return cards
+        setup_figs = {"launch date": pd.Timestamp(c.contact_date), "channel(s)": c.channels,
+                      "discount(s)": c.discounts, "treated contacts": int(c.n_treated),
+                      "control customers": int(c.n_control), "contact cost": float(c.cost)}
+        expected = {"redemption rate, contacted": f"{c.expected_conversion_rate:.1%}",
+                    "purchase rate without contact": f"{c.expected_control_rate:.1%}",
+                    "extra revenue": float(c.expected_incremental_revenue),
+                    "extra revenue, 95% range": f"{c.revenue_low:,.0f} to {c.revenue_high:,.0f}",
+                    "extra margin": float(c.expected_incremental_margin),
+                    "extra margin, 95% range": f"{c.margin_low:,.0f} to {c.margin_high:,.0f}"}
+        out.append(cards.Card(
+            title=f"{c.campaign_id} · {o.name}", subtitle=f"{o.campaign_type} campaign on {c.channels}",
+            decision=f"Send on {pd.Timestamp(c.contact_date):%d %b %Y} to the {int(c.n_treated):,} treated "
+                     f"customers; keep the {int(c.n_control):,} control customers uncontacted.",
+            sections=(cards.Section("Goal / type", f"{o.campaign_type}: {o.description}"),
+                      cards.Section("Target definition", f"{target}; consent for the channel, contact policy "
+                                                         "respected, expected extra margin above zero."),
+                      cards.Section("Offer, channel and counts", setup_figs),
+                      cards.Section("Expected results (ranges: outcome randomness only)", expected))))
+    return out
 
 
 def write_cards(plan: Plan, setup: Setup, out_dir: str | Path) -> list[Path]:
-    """One card per campaign in `<out_dir>/cards/`: HTML rendered by `cvm.cards.render_card` when that module is
-    installed, else the card's contents as JSON (to be rendered later)."""
-    import json
-
+    """One HTML card per campaign in `<out_dir>/cards/<campaign_id>.html` (rendered by `cvm.cards`)."""
     folder = Path(out_dir) / "cards"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        from cvm.cards import render_card
-    except ImportError:
-        render_card = None
-    paths = []
-    for card in card_contents(plan, setup):
-        if render_card is not None:
-            paths.append(Path(render_card(card["title"], card["fields"], folder / f"{card['campaign_id']}.html")))
-        else:
-            path = folder / f"{card['campaign_id']}.json"
-            path.write_text(json.dumps(card, indent=2), encoding="utf-8")
-            paths.append(path)
-    return paths
+    return [cards.write(card, folder, str(c)) for card, c in zip(campaign_cards(plan, setup),
+                                                                 plan.campaigns["campaign_id"])]
 
 
 # ----------------------------------------------------------------------------------------------------- comparisons

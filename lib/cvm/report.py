@@ -79,9 +79,20 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, max_rows: 
     for col in shown.columns:
         if col in formats:
             continue
-        if pd.api.types.is_float_dtype(shown[col]):
-            formats[col] = "{:.1%}" if str(col).startswith(("share", "pct_", "rate")) else "{:,.2f}"
-        elif pd.api.types.is_integer_dtype(shown[col]):
+        values = shown[col]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            whole_days = values.dropna().dt.normalize().eq(values.dropna()).all()
+            pattern = "%Y-%m-%d" if whole_days else "%Y-%m-%d %H:%M"
+            formats[col] = lambda v, p=pattern: v.strftime(p)
+        elif pd.api.types.is_float_dtype(values):
+            name = str(col)
+            if name.startswith(("share", "pct_")) or "rate" in name or "lift" in name:
+                formats[col] = "{:+.1%}" if "lift" in name else "{:.1%}"
+            elif values.dropna().mod(1).eq(0).all() and not name.startswith(("mean", "aov", "avg")):
+                formats[col] = "{:,.0f}"
+            else:
+                formats[col] = "{:,.2f}"
+        elif pd.api.types.is_integer_dtype(values):
             formats[col] = "{:,}"
     labels = [str(c).replace("_", " ") for c in shown.columns]
     return shown.style.format(formats, na_rep="–").hide(axis="index").relabel_index(labels, axis="columns")
