@@ -1,4 +1,5 @@
-"""Command line: `cvm run` (the playbook, headless) and `cvm demo` (generate the demo retailer)."""
+"""Command line: `cvm run` (the playbook, headless), `cvm demo` (generate the demo retailer) and `cvm demo-launch`
+(simulate a plan's launch with the demo's truth, to close the loop plan -> launch -> monitoring -> next plan)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from cvm.demo import load_truth, simulate_outcomes
+
+    plan = pd.read_parquet(args.plan)
+    launched = simulate_outcomes(plan, load_truth(Path(args.truth)), seed=args.seed)
+    launched = launched.drop(columns=["true_p_control", "true_p_treated"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    launched.to_parquet(args.out, index=False)
+    treated = launched["group"] == "treatment"
+    print(f"Simulated launch of {len(launched):,} planned contacts ({int(treated.sum()):,} treated) written to "
+          f"{args.out}: conversion {launched.loc[treated, 'converted'].mean():.1%} treated vs "
+          f"{launched.loc[~treated, 'converted'].mean():.1%} control.")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     top = argparse.ArgumentParser(prog="cvm", description="Customer Value Marketing playbook")
@@ -50,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--seed", type=int, default=42, help="random seed")
     demo_p.add_argument("--as-of", default="2026-06-30", help="last day of the generated history")
     demo_p.set_defaults(func=_demo)
+    launch_p = sub.add_parser("demo-launch", help="demo only: simulate a plan's launch with the generator's truth")
+    launch_p.add_argument("--plan", required=True, help="contacts_plan.parquet written by the personalisation step")
+    launch_p.add_argument("--truth", default="data/demo", help="demo folder holding truth/")
+    launch_p.add_argument("--out", required=True, help="where to write the launched contacts with their outcomes")
+    launch_p.add_argument("--seed", type=int, default=7, help="random seed for the simulated responses")
+    launch_p.set_defaults(func=_launch)
     return top
 
 
