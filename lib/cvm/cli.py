@@ -41,7 +41,9 @@ def _launch(args: argparse.Namespace) -> int:
     from cvm.demo import load_truth, simulate_outcomes
 
     plan = pd.read_parquet(args.plan)
-    launched = simulate_outcomes(plan, load_truth(Path(args.truth)), seed=args.seed)
+    campaigns = pd.read_parquet(Path(args.plan).with_name("plan_campaigns.parquet"))
+    launched = simulate_outcomes(plan, load_truth(Path(args.truth)), seed=args.seed,
+                                 campaigns=campaigns.rename(columns={"campaign_type": "type"}))
     launched = launched.drop(columns=["true_p_control", "true_p_treated"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     launched.to_parquet(args.out, index=False)

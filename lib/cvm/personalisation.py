@@ -216,8 +216,9 @@ def learn(setup: Setup, con: duckdb.DuckDBPyConnection, method: str = "two_model
           seed: int = 0) -> Estimates:
     """Fit the uplift model on the history (when there is enough) and load the priors for the other offers.
 
-    priors_from: a previous run folder (its database's `monitoring_feedback` table is read), a Parquet/CSV file of that
-    table, or a prior YAML file; empty: the package default `rules/uplift_priors.yaml`.
+    priors_from: "run" (this run's `monitoring_feedback`: steps data, knowledge, monitoring, personalisation), a
+    previous run folder (its database's `monitoring_feedback` table is read), a Parquet/CSV file of that table, or a
+    prior YAML file; empty: the package default `rules/uplift_priors.yaml`.
     """
     if method not in ("residual", "two_model", "x_learner"):
         raise InputError(f"uplift_method must be 'residual', 'two_model' or 'x_learner', got '{method}'.")
@@ -234,7 +235,7 @@ def learn(setup: Setup, con: duckdb.DuckDBPyConnection, method: str = "two_model
                     f"{model.n_control:,} control contacts of {history['campaign_id'].nunique()} past campaigns")
         except InputError as exc:
             note = f"the history is too thin for a model ({exc}); every estimate comes from the prior table"
-    priors, label = load_prior_source(priors_from)
+    priors, label = load_prior_source(priors_from, con)
     return Estimates(model, residual, priors, label, history, note)
 
 
@@ -270,10 +271,17 @@ def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_F
     return ResidualUplift(encoder, tau.fit(encoder.transform(treated, "history"), target), list(features))
 
 
-def load_prior_source(priors_from: str | Path = "") -> tuple[pd.DataFrame, str]:
-    """(prior table, label): 'feedback' for a previous run's monitoring_feedback, else 'prior'."""
+def load_prior_source(priors_from: str | Path = "", con: duckdb.DuckDBPyConnection | None = None
+                      ) -> tuple[pd.DataFrame, str]:
+    """(prior table, label): 'feedback' for a monitoring_feedback table (this run's or a previous run's), else
+    'prior'."""
     if not priors_from:
         return uplift.load_priors(None), "prior"
+    if str(priors_from) == "run":
+        if con is None or not customer_db.has_table(con, "monitoring_feedback"):
+            raise InputError("priors_from: 'run' reads this run's monitoring_feedback; run the monitoring step before "
+                             "personalisation (steps: data, knowledge, monitoring, personalisation).")
+        return uplift.load_priors(con.table("monitoring_feedback").df()), "feedback"
     path = Path(priors_from)
     if path.is_dir():
         db_path = path / "customer.duckdb"
@@ -919,6 +927,7 @@ def summary(plan: Plan, setup: Setup, est: Estimates, sources: pd.DataFrame, com
         "expected_incremental_margin": float(a.objective), "lp_bound": float(a.bound),
         "assignment_gap": float(a.gap), "solver": a.solver, "policy_violations": len(plan.violations),
         "estimate_sources": sources["source"].value_counts().to_dict(), "model_trained": est.model is not None,
+        "prior_source": est.prior_label,
         "diffusive_incremental_margin": float(comparison.iloc[1]["expected_incremental_margin"]),
         "targeted_incremental_margin": float(comparison.iloc[0]["expected_incremental_margin"]),
     }

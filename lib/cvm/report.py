@@ -88,7 +88,7 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, max_rows: 
             name = str(col)
             if name.startswith(("share", "pct_")) or "rate" in name or "lift" in name:
                 formats[col] = "{:+.1%}" if "lift" in name else "{:.1%}"
-            elif values.dropna().mod(1).eq(0).all() and not name.startswith(("mean", "aov", "avg")):
+            elif _whole(values) and not name.startswith(("mean", "aov", "avg")):
                 formats[col] = "{:,.0f}"
             else:
                 formats[col] = "{:,.2f}"
@@ -96,6 +96,12 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, max_rows: 
             formats[col] = "{:,}"
     labels = [str(c).replace("_", " ") for c in shown.columns]
     return shown.style.format(formats, na_rep="–").hide(axis="index").relabel_index(labels, axis="columns")
+
+
+def _whole(values: pd.Series) -> bool:
+    """Whether every present value of a float column is a whole number (counts stored as floats)."""
+    present = values.dropna().to_numpy(dtype=float)
+    return bool(np.all(np.mod(present, 1) == 0))
 
 
 def _plain(value: Any) -> Any:
