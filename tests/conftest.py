@@ -33,7 +33,7 @@ def demo_config(demo_dir: Path, tmp_path: Path) -> Path:
     import yaml
 
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    for table, spec in raw["sources"].items():
+    for spec in raw["sources"].values():
         spec["path"] = str(demo_dir / Path(spec["path"]).name)
     for key in ("offers", "contact_policy"):
         if raw.get(key):

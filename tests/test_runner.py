@@ -27,15 +27,15 @@ def client(tmp_path: Path) -> Path:
         data / "umsatz.csv", sep=";", index=False)
     pd.DataFrame({"customer_id": ["K1", "K2", "K9"], "email": ["k1@client.de", "k2@client.de", "k9@client.de"],
                   "consent_email": ["ja", "nein", "ja"]}).to_csv(data / "crm.csv", index=False)
-    (tmp_path / "run.yaml").write_text(f"""
+    (tmp_path / "run.yaml").write_text("""
 name: tiny
 as_of: 2025-03-31
 output_dir: out
 sources:
   transactions:
     path: client/umsatz.csv
-    columns: {{customer_id: Kunde, order_id: Beleg, order_date: Datum, amount: Betrag}}
-    read: {{sep: ";", decimal: ",", date_format: "%d.%m.%Y"}}
+    columns: {customer_id: Kunde, order_id: Beleg, order_date: Datum, amount: Betrag}
+    read: {sep: ";", decimal: ",", date_format: "%d.%m.%Y"}
   customers:
     path: client/crm.csv
 steps: [data]

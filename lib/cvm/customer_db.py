@@ -46,7 +46,8 @@ def quality_report(tables: dict[str, Validated]) -> pd.DataFrame:
 
 def _customer_sql(id_tables: list[str], present: set[str], as_of: date) -> str:
     ids = " UNION ".join(f"SELECT DISTINCT customer_id FROM {t} WHERE customer_id IS NOT NULL" for t in id_tables)
-    flags = ",\n  ".join(f"ids.customer_id IN (SELECT customer_id FROM {t} WHERE customer_id IS NOT NULL) AS in_{t}" for t in id_tables)
+    flags = ",\n  ".join(f"ids.customer_id IN (SELECT customer_id FROM {t} WHERE customer_id IS NOT NULL) AS in_{t}"
+                         for t in id_tables)
     joins, cols = [], []
     if "customers" in present:
         joins.append("LEFT JOIN customers c USING (customer_id)")
@@ -173,7 +174,8 @@ def plot_monthly_activity(activity: pd.DataFrame) -> Figure:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax2 = ax.twinx()
     ax2.grid(False)
-    ax2.plot(activity["month"] + pd.Timedelta(days=10), activity["customers"], color="#DD8452", marker="o", ms=3, label="active customers")
+    ax2.plot(activity["month"] + pd.Timedelta(days=10), activity["customers"], color="#DD8452", marker="o", ms=3,
+             label="active customers")
     ax2.set_ylabel("Active customers per month")
     ax.set_title("Transactions cover every month of the period without gaps" if _no_gaps(activity)
                  else "Some months have no transactions: check the extract before trusting trends")
@@ -277,3 +279,18 @@ def export_parquet(con: duckdb.DuckDBPyConnection, out_dir: str | Path, tables: 
             con.execute(f"COPY {name} TO '{path}' (FORMAT parquet)")
             written.append(path)
     return written
+
+
+def write_table(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame, out_dir: str | Path,
+                file: str | None = None) -> Path:
+    """A step's output as table `name` of the run database (replaced) and as `<out_dir>/<file or name>.parquet`."""
+    clean = frame.copy()
+    for col in clean.columns:
+        if clean[col].dtype == object:
+            clean[col] = clean[col].astype("string")
+    con.register("_output_frame", clean)
+    con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _output_frame")
+    con.unregister("_output_frame")
+    path = Path(out_dir) / f"{file or name}.parquet"
+    clean.to_parquet(path, index=False)
+    return path

@@ -109,7 +109,8 @@ def _to_date(value: str | date, what: str) -> date:
         raise InputError(f"{what}: '{value}' is not a date; use YYYY-MM-DD.") from exc
 
 
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The columns of a transactions table or view, checked: a plain name, present, with the contract columns."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
         raise InputError(f"table name '{table}' is not a plain identifier; register the data as a view first.")
     try:
@@ -187,7 +188,7 @@ def customer_features(
     if lookback_days is not None and lookback_days <= 0:
         raise InputError(f"lookback_days must be positive or None, got {lookback_days}.")
     start = end - timedelta(days=lookback_days) if lookback_days else None
-    cols = _columns(con, table)
+    cols = table_columns(con, table)
     extra = [c for c in ("discount", "category", "channel") if c in cols]
     lines = _lines_sql(table, end, start, extra)
 
@@ -266,7 +267,7 @@ def holdout_purchases(con: duckdb.DuckDBPyConnection, calibration_end: str | dat
     end = _to_date(as_of, "as_of")
     if cal >= end:
         raise InputError(f"calibration_end {cal} must be before as_of {end}.")
-    _columns(con, table)
+    table_columns(con, table)
     lines = _lines_sql(table, end, None, [])
     df = con.execute(SQL["holdout"].format(lines=lines, cal_end=cal.isoformat())).df()
     df["holdout_purchases"] = df["holdout_purchases"].fillna(0).astype("int32")
@@ -279,7 +280,7 @@ def daily_purchase_counts(con: duckdb.DuckDBPyConnection, calibration_end: str |
     first purchase is on or before calibration_end (the input of `cvm.clv.cumulative_tracking`)."""
     cal = _to_date(calibration_end, "calibration_end")
     end = _to_date(as_of, "as_of")
-    _columns(con, table)
+    table_columns(con, table)
     lines = _lines_sql(table, end, None, [])
     df = con.execute(SQL["daily_counts"].format(lines=lines, cal_end=cal.isoformat())).df()
     df["day"] = pd.to_datetime(df["day"])

@@ -12,8 +12,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from cvm import anomalies, churn, clv, features as feat, lifecycle, personas, rfm
+from cvm import anomalies, churn, clv, customer_db, features as feat, lifecycle, personas, rfm
 from cvm.errors import InputError
 
 #: columns every later step relies on, in this order (then consents and descriptive attributes)
@@ -178,7 +179,7 @@ def segment_sentence(table: pd.DataFrame) -> str:
             f"{richest['share_customers']:.0%} of customers).")
 
 
-def plot_segments(table: pd.DataFrame, colours: dict[str, str]) -> "plt.Figure":
+def plot_segments(table: pd.DataFrame, colours: dict[str, str]) -> Figure:
     """Share of customers next to share of revenue per segment: where value concentrates."""
     import matplotlib.pyplot as plt
 
@@ -208,7 +209,7 @@ UNIT_LABELS = {"D": "days", "W": "weeks", "M": "months"}
 
 
 def plot_clv_by_segment(values: pd.DataFrame, feats: pd.DataFrame, scores: rfm.RFMResult, segments: pd.Series,
-                        colours: dict[str, str]) -> "plt.Figure":
+                        colours: dict[str, str]) -> Figure:
     """Total expected value per RFM segment: where the future money is."""
     import matplotlib.pyplot as plt
 
@@ -229,12 +230,7 @@ def plot_clv_by_segment(values: pd.DataFrame, feats: pd.DataFrame, scores: rfm.R
 
 def save(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, out_dir: Path) -> Path:
     """Write `customer_knowledge` to the run database (replacing it) and to `<out_dir>/customer_knowledge.parquet`."""
-    con.register("knowledge_view", table)
-    con.execute("CREATE OR REPLACE TABLE customer_knowledge AS SELECT * FROM knowledge_view")
-    con.unregister("knowledge_view")
-    path = Path(out_dir) / "customer_knowledge.parquet"
-    table.to_parquet(path, index=False)
-    return path
+    return customer_db.write_table(con, "customer_knowledge", table, out_dir)
 
 
 def example_ids(table: pd.DataFrame, n: int = 3) -> list[str]:
@@ -335,7 +331,7 @@ def lifecycle_frame(inputs: pd.DataFrame, rules: lifecycle.LifecycleRules) -> pd
                          "lifecycle_stage": lifecycle.assign_lifecycle(inputs, rules).to_numpy()})
 
 
-def plot_lifecycle(stages: pd.DataFrame, rules: lifecycle.LifecycleRules) -> "plt.Figure":
+def plot_lifecycle(stages: pd.DataFrame, rules: lifecycle.LifecycleRules) -> Figure:
     """Customers per lifecycle stage, in rule order."""
     import matplotlib.pyplot as plt
 

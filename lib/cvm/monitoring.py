@@ -625,16 +625,8 @@ def write_tables(con: duckdb.DuckDBPyConnection, out_dir: str | Path, frames: Ma
     for name, frame in frames.items():
         if frame is None or frame.empty:
             continue
-        clean = frame.copy()
-        for col in clean.columns:
-            if clean[col].dtype == object:
-                clean[col] = clean[col].astype("string")
-        con.register("_frame", clean)
-        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
-        con.unregister("_frame")
         file = "feedback_priors" if name == "monitoring_feedback" else name
-        path = Path(out_dir) / f"{file}.parquet"
-        clean.to_parquet(path, index=False)
+        path = customer_db.write_table(con, name, frame, out_dir, file)
         written.append(path)
     return written
 

@@ -720,28 +720,13 @@ def save(con: duckdb.DuckDBPyConnection, plan: Plan, out_dir: str | Path) -> lis
     `plan_holdout` in the run database, and the same as Parquet (`contacts_plan.parquet` for the contacts)."""
     out_dir = Path(out_dir)
     frames = {"plan": plan.rows, "plan_campaigns": plan.campaigns, "plan_contacts": contacts_rows(plan)}
-    files = {"plan": "plan.parquet", "plan_campaigns": "plan_campaigns.parquet",
-             "plan_contacts": "contacts_plan.parquet"}
-    paths = []
-    for name, frame in frames.items():
-        con.register("_frame", frame)
-        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
-        con.unregister("_frame")
-        path = out_dir / files[name]
-        frame.to_parquet(path, index=False)
-        paths.append(path)
-    return paths
+    files = {"plan": "plan", "plan_campaigns": "plan_campaigns", "plan_contacts": "contacts_plan"}
+    return [customer_db.write_table(con, name, frame, out_dir, files[name]) for name, frame in frames.items()]
 
 
 def save_holdout(con: duckdb.DuckDBPyConnection, setup: Setup, out_dir: str | Path) -> Path:
     """The global holdout (customers no campaign of this plan contacts) as table `plan_holdout` and Parquet."""
-    frame = setup.holdout.assign(as_of=setup.as_of)
-    con.register("_frame", frame)
-    con.execute("CREATE OR REPLACE TABLE plan_holdout AS SELECT * FROM _frame")
-    con.unregister("_frame")
-    path = Path(out_dir) / "plan_holdout.parquet"
-    frame.to_parquet(path, index=False)
-    return path
+    return customer_db.write_table(con, "plan_holdout", setup.holdout.assign(as_of=setup.as_of), out_dir)
 
 
 def campaign_cards(plan: Plan, setup: Setup) -> list[cards.Card]:

@@ -1,4 +1,4 @@
-"""Headless runs: execute the step notebooks with papermill into a fresh run folder, export the reports, record a manifest.
+"""Headless runs: execute the step notebooks with papermill into a fresh run folder, export reports, write a manifest.
 
 A run folder is `output_dir/<name>/<as_of>_<timestamp>/`. A failed run is marked (`FAILED.txt`, manifest status
 "failed") and never touches earlier runs; the `latest` link moves only when every step succeeded.

@@ -6,7 +6,6 @@ aggregation over transactions runs in DuckDB; a pandas transactions frame is reg
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -20,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from cvm.errors import InputError
+from cvm.features import table_columns
 
-REQUIRED = ("customer_id", "order_id", "order_date", "amount")
 #: Days per month used for "months since acquisition".
 MONTH_DAYS = 365.25 / 12
 #: DuckDB date_trunc / date_diff unit and the interval of one period, per `period` code.
@@ -95,17 +94,7 @@ def _connection(source: duckdb.DuckDBPyConnection | pd.DataFrame, table: str) ->
         con.register(table, source)
     else:
         con = source
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
-        raise InputError(f"table name '{table}' is not a plain identifier; register the data as a view first.")
-    try:
-        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-    except duckdb.Error as exc:
-        raise InputError(f"table '{table}' not found in the DuckDB connection: register it first "
-                         f"(con.register('{table}', df)).") from exc
-    missing = [c for c in REQUIRED if c not in cols]
-    if missing:
-        raise InputError(f"table '{table}': missing required column(s) {missing}; map them in the source config "
-                         f"(contract: {', '.join(REQUIRED)}).")
+    table_columns(con, table)
     return con
 
 
