@@ -8,7 +8,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -21,20 +20,11 @@ PII_COLUMNS = ("email", "phone")
 
 def setup() -> None:
     """One chart style for every notebook: readable when pasted into a slide."""
-    matplotlib.use("Agg") if not _in_notebook() else None
     sns.set_theme(style="whitegrid", context="notebook")
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": 13, "axes.titleweight": "bold",
                          "figure.autolayout": False})
     pd.set_option("display.max_columns", 40)
     pd.set_option("display.width", 160)
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None
 
 
 def step_dir(run_dir: str | Path, step: str) -> Path:
@@ -44,13 +34,19 @@ def step_dir(run_dir: str | Path, step: str) -> Path:
     return out
 
 
-def chart(fig: Figure, out_dir: str | Path, name: str) -> Figure:
-    """Save a chart as `<out_dir>/charts/<name>.png` and return it for display."""
+def chart(fig: Figure, out_dir: str | Path, name: str) -> Any:
+    """Save a chart as `<out_dir>/charts/<name>.png` and return that PNG for display (the same image in the report
+    and on the slide, whatever matplotlib backend the kernel has)."""
+    from IPython.display import Image
+
     charts = Path(out_dir) / "charts"
     charts.mkdir(parents=True, exist_ok=True)
-    fig.savefig(charts / f"{name}.png", bbox_inches="tight")
+    path = charts / f"{name}.png"
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
-    return fig
+    titles = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+    titles += [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return Image(filename=str(path), alt=titles[0] if titles else name.replace("_", " "))
 
 
 def mask_pii(frame: pd.DataFrame) -> pd.DataFrame:
