@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 CVM    := $(VENV)/bin/cvm
 DEMO_CUSTOMERS ?= 5000
 
-.PHONY: demo test test-fast lab install install-test demo-data clean help
+.PHONY: demo demo-loop test test-fast lab install install-test demo-data clean help
 
 help:
 	@echo "make demo   - set up, generate the demo retailer, run the whole playbook headless, print the reports"
 	@echo "make test   - set up with test extras and run the whole test suite"
 	@echo "make lab    - open JupyterLab on the project's kernel (demo data generated first)"
+	@echo "make demo-loop - after the demo: launch its plan with the demo's true responses, then run week two"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,11 @@ demo-data: data/demo/truth/truth.json
 
 demo: demo-data
 	$(CVM) run --config configs/demo.yaml
+
+demo-loop: demo
+	$(CVM) demo-launch --plan output/demo/latest/personalisation/contacts_plan.parquet \
+	    --history data/demo/contacts.parquet --out output/demo_launched_contacts.parquet
+	$(CVM) run --config configs/demo_week2.yaml
 
 test: install-test demo-data
 	$(PY) -m pytest -n 2 --dist loadfile -q tests

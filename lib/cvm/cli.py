@@ -44,9 +44,10 @@ def _launch(args: argparse.Namespace) -> int:
     campaigns = pd.read_parquet(Path(args.plan).with_name("plan_campaigns.parquet"))
     launched = simulate_outcomes(plan, load_truth(Path(args.truth)), seed=args.seed,
                                  campaigns=campaigns.rename(columns={"campaign_type": "type"}))
-    launched = launched.drop(columns=["true_p_control", "true_p_treated"])
+    launched = launched.drop(columns=["type", "true_p_control", "true_p_treated"])
+    written = pd.concat([pd.read_parquet(args.history), launched]) if args.history else launched
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    launched.to_parquet(args.out, index=False)
+    written.to_parquet(args.out, index=False)
     treated = launched["group"] == "treatment"
     print(f"Simulated launch of {len(launched):,} planned contacts ({int(treated.sum()):,} treated) written to "
           f"{args.out}: conversion {launched.loc[treated, 'converted'].mean():.1%} treated vs "
@@ -74,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     launch_p.add_argument("--plan", required=True, help="contacts_plan.parquet written by the personalisation step")
     launch_p.add_argument("--truth", default="data/demo", help="demo folder holding truth/")
     launch_p.add_argument("--out", required=True, help="where to write the launched contacts with their outcomes")
+    launch_p.add_argument("--history", help="earlier contacts to keep in front of the launched ones (e.g. the demo's)")
     launch_p.add_argument("--seed", type=int, default=7, help="random seed for the simulated responses")
     launch_p.set_defaults(func=_launch)
     return top

@@ -198,7 +198,7 @@ def plot_segments(table: pd.DataFrame, colours: dict[str, str]) -> Figure:
     return fig
 
 
-def rfm_frame(features: pd.DataFrame, scores: pd.DataFrame, segments: pd.Series) -> pd.DataFrame:
+def rfm_frame(scores: pd.DataFrame, segments: pd.Series) -> pd.DataFrame:
     """customer_id, r/f/m scores and the segment name, for the knowledge table."""
     out = scores[["customer_id", "r_score", "f_score", "m_score"]].copy()
     out["rfm_segment"] = segments.astype(str).to_numpy()
@@ -208,7 +208,7 @@ def rfm_frame(features: pd.DataFrame, scores: pd.DataFrame, segments: pd.Series)
 UNIT_LABELS = {"D": "days", "W": "weeks", "M": "months"}
 
 
-def plot_clv_by_segment(values: pd.DataFrame, feats: pd.DataFrame, scores: rfm.RFMResult, segments: pd.Series,
+def plot_clv_by_segment(values: pd.DataFrame, scores: rfm.RFMResult, segments: pd.Series,
                         colours: dict[str, str]) -> Figure:
     """Total expected value per RFM segment: where the future money is."""
     import matplotlib.pyplot as plt
