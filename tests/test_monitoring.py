@@ -198,3 +198,19 @@ def test_write_tables_database_and_parquet(tmp_path) -> None:
     assert [p.name for p in paths] == ["feedback_priors.parquet"]
     assert con.execute("SELECT COUNT(*) FROM monitoring_feedback").fetchone()[0] == 2
     con.close()
+
+
+def test_arm_headline_reads_like_a_slide() -> None:
+    """The client table: counts, rates, lift and extra revenue with their intervals in words, Holm p and decision."""
+    from cvm.monitoring import arm_headline
+
+    arms = pd.DataFrame({"campaign_id": ["c"], "arm": ["a"], "n_treated": [1200], "n_control": [300],
+                         "conversion_rate_treated": [0.05], "conversion_rate_control": [0.04],
+                         "conversion_lift_abs": [0.01], "conversion_lift_abs_low": [-0.002],
+                         "conversion_lift_abs_high": [0.022], "incremental_revenue": [1500.0],
+                         "incremental_revenue_low": [float("nan")], "incremental_revenue_high": [3100.0],
+                         "p_value_adjusted": [0.11], "decision": ["continue"]})
+    row = arm_headline(arms).iloc[0]
+    assert row["treated / control"] == "1,200 / 300"
+    assert row["lift, points (95% CI)"] == "+1.00 [-0.20, +2.20]"
+    assert row["extra revenue (95% CI)"] == "+1,500 [–, +3,100]"

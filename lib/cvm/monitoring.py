@@ -31,13 +31,29 @@ from cvm.errors import InputError
 RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
 FUNNEL = ("delivered", "opened", "clicked")
 ANY_SEGMENT = "*"  # the segment value of feedback rows when no segment is known (read by cvm.uplift.load_priors)
-#: the columns of the arm table shown in the report (those present)
-ARM_COLUMNS = ("campaign_id", "arm", "n_treated", "n_control", "conversion_rate_treated", "conversion_rate_control",
-               "conversion_lift_abs", "conversion_lift_abs_low", "conversion_lift_abs_high", "conversion_lift_rel",
-               "p_value", "p_value_adjusted", "revenue_per_customer_treated", "revenue_per_customer_control",
-               "incremental_conversions", "incremental_revenue", "incremental_revenue_low",
-               "incremental_revenue_high", "incremental_revenue_cuped", "incremental_margin_net",
-               "incremental_margin_net_low", "incremental_margin_net_high", "decision")
+
+
+def arm_headline(arms: pd.DataFrame) -> pd.DataFrame:
+    """The per-arm results a client reads, one readable column each: counts, conversion rates, the lift and extra
+    revenue with their 95% intervals, the Holm-adjusted p-value and the decision (the full table goes to Parquet)."""
+    def pts(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v * 100:+.2f}"
+
+    def money(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v:+,.0f}"
+
+    return pd.DataFrame({
+        "campaign": arms["campaign_id"], "arm": arms["arm"],
+        "treated / control": [f"{t:,} / {c:,}" for t, c in zip(arms["n_treated"], arms["n_control"])],
+        "conversion rate treated": arms["conversion_rate_treated"],
+        "conversion rate control": arms["conversion_rate_control"],
+        "lift, points (95% CI)": [f"{pts(v)} [{pts(lo)}, {pts(hi)}]" for v, lo, hi in zip(
+            arms["conversion_lift_abs"], arms["conversion_lift_abs_low"], arms["conversion_lift_abs_high"])],
+        "extra revenue (95% CI)": [f"{money(v)} [{money(lo)}, {money(hi)}]" for v, lo, hi in zip(
+            arms["incremental_revenue"], arms["incremental_revenue_low"], arms["incremental_revenue_high"])]
+        if "incremental_revenue" in arms else "–",
+        "p (Holm)": arms["p_value_adjusted"], "decision": arms["decision"],
+    })
 
 
 def load_rules(path: str | Path | None = None) -> dict[str, Any]:
