@@ -82,7 +82,7 @@ def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, max_rows: 
             formats[col] = lambda v, p=pattern: v.strftime(p)
         elif pd.api.types.is_float_dtype(values):
             name = str(col)
-            if name.startswith(("share", "pct_")) or "rate" in name or "lift" in name:
+            if "share" in name or name.startswith("pct_") or "rate" in name or "lift" in name:
                 formats[col] = "{:+.1%}" if "lift" in name else "{:.1%}"
             elif _whole(values) and not name.startswith(("mean", "aov", "avg")):
                 formats[col] = "{:,.0f}"
