@@ -16,8 +16,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-import yaml
 
+from cvm.config import read_yaml
 from cvm.errors import InputError
 from cvm.value import _connection, _to_date
 
@@ -94,10 +94,7 @@ def _conditions(when: Any, where: str) -> dict[str, dict[str, float]]:
 def load_anomaly_rules(path: str | Path | None = None) -> list[Check]:
     """Read and validate the anomaly checks (default: the packaged anomalies.yaml); InputError on any problem."""
     where = Path(path) if path is not None else DEFAULT_RULES
-    try:
-        doc = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{where}: cannot read the anomaly rules: {exc}") from exc
+    doc = read_yaml(where, "anomaly rules")
     if not isinstance(doc, dict) or set(doc) != {"checks"} or not isinstance(doc["checks"], list):
         raise InputError(f"{where}: expected exactly one top-level key 'checks' holding a list.")
     checks, seen = [], set()

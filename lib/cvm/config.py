@@ -69,6 +69,14 @@ class RunConfig:
         }
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content; an InputError naming the file and what it should hold when it cannot be read."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc}") from exc
+
+
 def _unknown(keys: set[str], allowed: set[str], where: str, file: Path) -> None:
     for key in sorted(keys - allowed):
         hint = difflib.get_close_matches(key, sorted(allowed), n=1)

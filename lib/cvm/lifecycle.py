@@ -16,8 +16,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-import yaml
 
+from cvm.config import read_yaml
 from cvm.errors import InputError
 from cvm.value import _connection, _lines, _to_date
 
@@ -146,10 +146,7 @@ def _threshold(value: Any, what: str, where: Path) -> float | Relative:
 def load_lifecycle_rules(path: str | Path | None = None) -> LifecycleRules:
     """Read and validate the lifecycle rules (default: the packaged lifecycle.yaml); InputError on any problem."""
     where = Path(path) if path is not None else DEFAULT_RULES
-    try:
-        doc = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{where}: cannot read the lifecycle rules: {exc}") from exc
+    doc = read_yaml(where, "lifecycle rules")
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise InputError(f"{where}: expected a mapping with a non-empty list 'stages' (and optionally 'unmatched').")
     unknown_top = set(doc) - {"stages", "unmatched"}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from cvm.contract import CAMPAIGN_TYPES, CHANNELS
+from cvm.config import read_yaml
 from cvm.errors import InputError
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
@@ -134,10 +134,7 @@ def _parse(raw: object, where: str) -> Offer:
 def load_offers(path: str | Path) -> list[Offer]:
     """Read and validate an offer catalogue (YAML with a top-level `offers:` list)."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read the offer catalogue: {exc}") from exc
+    doc = read_yaml(path, "offer catalogue")
     if not isinstance(doc, dict) or not isinstance(doc.get("offers"), list) or not doc["offers"]:
         raise InputError(f"{path}: expected a top-level 'offers:' list with at least one offer.")
     offers = [_parse(raw, f"{path}: offer #{i + 1}") for i, raw in enumerate(doc["offers"])]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from cvm.assignment import Constraints
 from cvm.contract import CAMPAIGN_TYPES, CHANNELS
+from cvm.config import read_yaml
 from cvm.errors import InputError
 from cvm.offers import Offer
 
@@ -100,10 +100,7 @@ def _control_rule(where: str, raw: object) -> ControlRule:
 def load_policy(path: str | Path) -> ContactPolicy:
     """Read and validate a contact policy (YAML with a top-level `contact_policy:` mapping)."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read the contact policy: {exc}") from exc
+    doc = read_yaml(path, "contact policy")
     if not isinstance(doc, dict) or not isinstance(doc.get("contact_policy"), dict):
         raise InputError(f"{path}: expected a top-level 'contact_policy:' mapping.")
     raw, where = doc["contact_policy"], f"{path}: contact_policy"

@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import yaml
 from matplotlib.figure import Figure
 
+from cvm.config import read_yaml
 from cvm.errors import InputError
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "rfm_segments.yaml"
@@ -157,10 +157,7 @@ def load_segment_rules(path: Path | None = None, allow_overlap: bool = False) ->
     """Read and validate segment rules (default: the packaged rfm_segments.yaml). Raises InputError on unknown keys,
     bad ranges or colours, cells matched by no rule, and (unless allow_overlap) cells matched by several rules."""
     where = Path(path) if path is not None else DEFAULT_RULES
-    try:
-        doc = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{where}: cannot read the segment rules: {exc}") from exc
+    doc = read_yaml(where, "segment rules")
     if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list) or not doc["segments"]:
         raise InputError(f"{where}: expected a mapping with 'bins' and a non-empty list 'segments'.")
     unknown_top = set(doc) - {"bins", "segments"}

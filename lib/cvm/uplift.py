@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -30,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from cvm.contract import CAMPAIGN_TYPES
+from cvm.config import read_yaml
 from cvm.errors import InputError
 
 Method = Literal["two_model", "x_learner"]
@@ -300,10 +300,7 @@ def load_priors(source: str | Path | pd.DataFrame | None = None) -> pd.DataFrame
         table, where = source.copy(), "prior table"
     else:
         path = Path(source) if source is not None else DEFAULT_PRIORS
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise InputError(f"{path}: cannot read the prior table ({err}). Check the path and the YAML.") from err
+        doc = read_yaml(path, "prior table")
         if not isinstance(doc, dict) or not isinstance(doc.get("priors"), list):
             raise InputError(f"{path}: expected a top-level key 'priors' holding a list of rows.")
         table, where = pd.DataFrame(doc["priors"]), str(path)
