@@ -77,6 +77,18 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise InputError(f"{path}: cannot read the {what}: {exc}") from exc
 
 
+def named_item(item: Any, number: int, allowed: set[str], kind: str, where: str) -> str:
+    """The name of the number-th item of a rules list, after checking it is a mapping with a name and known keys."""
+    if not isinstance(item, dict) or not item.get("name"):
+        raise InputError(f"{where}: {kind} #{number} must be a mapping with a 'name'.")
+    name = str(item["name"])
+    unknown = set(item) - allowed
+    if unknown:
+        raise InputError(f"{where}: {kind} '{name}': unknown key(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join(sorted(allowed))}.")
+    return name
+
+
 def _unknown(keys: set[str], allowed: set[str], where: str, file: Path) -> None:
     for key in sorted(keys - allowed):
         hint = difflib.get_close_matches(key, sorted(allowed), n=1)

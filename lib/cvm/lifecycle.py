@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cvm.config import read_yaml
+from cvm.config import named_item, read_yaml
 from cvm.errors import InputError
 from cvm.value import _connection, _lines, _to_date
 
@@ -155,13 +155,7 @@ def load_lifecycle_rules(path: str | Path | None = None) -> LifecycleRules:
     unmatched = str(doc.get("unmatched", "unclassified"))
     stages, seen = [], {unmatched}
     for i, item in enumerate(doc["stages"], start=1):
-        if not isinstance(item, dict) or not item.get("name"):
-            raise InputError(f"{where}: stage #{i} must be a mapping with a 'name'.")
-        name = str(item["name"])
-        unknown = set(item) - STAGE_KEYS
-        if unknown:
-            raise InputError(f"{where}: stage '{name}': unknown key(s) {sorted(unknown)}; allowed: "
-                             f"{', '.join(sorted(STAGE_KEYS))}.")
+        name = named_item(item, i, STAGE_KEYS, "stage", where)
         if name in seen:
             raise InputError(f"{where}: stage name '{name}' is used twice (or equals 'unmatched').")
         seen.add(name)

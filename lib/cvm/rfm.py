@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from cvm.config import read_yaml
+from cvm.config import named_item, read_yaml
 from cvm.errors import InputError
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "rfm_segments.yaml"
@@ -168,13 +168,7 @@ def load_segment_rules(path: Path | None = None, allow_overlap: bool = False) ->
         raise InputError(f"{where}: 'bins' must be a whole number 2..10, got {bins!r}.")
     rules, seen = [], set()
     for i, item in enumerate(doc["segments"], start=1):
-        if not isinstance(item, dict) or not item.get("name"):
-            raise InputError(f"{where}: segment #{i} must be a mapping with a 'name'.")
-        name = str(item["name"])
-        unknown = set(item) - RULE_KEYS
-        if unknown:
-            raise InputError(f"{where}: segment '{name}': unknown key(s) {sorted(unknown)}; allowed: "
-                             f"{', '.join(sorted(RULE_KEYS))}.")
+        name = named_item(item, i, RULE_KEYS, "segment", where)
         if name in seen or name == OTHER:
             raise InputError(f"{where}: segment name '{name}' is used twice or reserved.")
         seen.add(name)
