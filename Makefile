@@ -5,13 +5,15 @@ PY     := $(VENV)/bin/python
 CVM    := $(VENV)/bin/cvm
 DEMO_CUSTOMERS ?= 5000
 
-.PHONY: demo demo-loop test test-fast lab install install-test demo-data clean help
+.PHONY: demo demo-loop test test-fast lab install install-test demo-data clean help bench bench-peers
 
 help:
 	@echo "make demo   - set up, generate the demo retailer, run the whole playbook headless, print the reports"
 	@echo "make test   - set up with test extras and run the whole test suite"
 	@echo "make lab    - open JupyterLab on the project's kernel (demo data generated first)"
 	@echo "make demo-loop - after the demo: launch its plan with the demo's true responses, then run week two"
+	@echo "make bench  - wall time and peak memory per playbook step at 100k/1M/5M customers (bench/results.json)"
+	@echo "make bench-peers - cvm's CLV and RFM against lifetimes and pymc-marketing (bench/peers_results.json)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,22 @@ test-fast: install-test
 
 lab: demo-data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: install
+	$(CVM) bench $(if $(SIZES),--customers $(SIZES))
+
+# The peer libraries live in their own benchmark-only environment (pymc-marketing 1.x needs Python >= 3.12)
+PEERS_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+PEERS_VENV   := .venv-peers
+
+$(PEERS_VENV)/.installed: bench/peers-requirements.txt
+	$(PEERS_PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers-requirements.txt
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(PY) bench/bench_peers.py --peers-python $(PEERS_VENV)/bin/python $(if $(SIZES),--sizes $(SIZES))
 
 clean:
 	rm -rf output data/demo

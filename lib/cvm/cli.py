@@ -1,5 +1,6 @@
-"""Command line: `cvm run` (the playbook, headless), `cvm demo` (generate the demo retailer) and `cvm demo-launch`
-(simulate a plan's launch with the demo's truth, to close the loop plan -> launch -> monitoring -> next plan)."""
+"""Command line: `cvm run` (the playbook, headless), `cvm demo` (generate the demo retailer), `cvm demo-launch`
+(simulate a plan's launch with the demo's truth, to close the loop plan -> launch -> monitoring -> next plan) and
+`cvm bench` (the whole playbook's wall time and peak memory per step on the demo at several sizes)."""
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,33 @@ def _launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from cvm import bench
+    from cvm.runner import RunFailed
+
+    rules = bench.load_rules()
+
+    def show(result: bench.BenchResult) -> None:
+        print(bench.format_size(result.sizes[-1], rules.get("slowest_cells_shown", 8)) + "\n", flush=True)
+        bench.write_results(result, Path(args.results))
+
+    print(f"Benchmark of the whole playbook at {', '.join(f'{n:,}' for n in args.customers)} customers "
+          f"(work folder {Path(args.work).resolve()}):\n", flush=True)
+    try:
+        result = bench.run_bench(args.customers, seed=args.seed, work=Path(args.work), config=Path(args.config),
+                                 keep=args.keep, interval=args.interval, rules=rules, on_size=show)
+    except RunFailed as exc:
+        print(f"\nBENCHMARK RUN FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(bench.format_checks(result.checks))
+    print(f"\nResults written to {Path(args.results).resolve()}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
+    from cvm.bench import DEFAULT_CONFIG, DEFAULT_RESULTS, DEFAULT_SIZES, DEFAULT_WORK
+
     top = argparse.ArgumentParser(prog="cvm", description="Customer Value Marketing playbook")
     sub = top.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the playbook notebooks headless and export the reports")
@@ -78,6 +104,18 @@ def parser() -> argparse.ArgumentParser:
     launch_p.add_argument("--history", help="earlier contacts to keep in front of the launched ones (e.g. the demo's)")
     launch_p.add_argument("--seed", type=int, default=7, help="random seed for the simulated responses")
     launch_p.set_defaults(func=_launch)
+    bench_p = sub.add_parser("bench", help="benchmark the whole playbook on the demo retailer: wall time and peak "
+                                           "memory per step, written to bench/results.json")
+    bench_p.add_argument("--customers", type=int, nargs="+", default=list(DEFAULT_SIZES),
+                         help="demo sizes to run, in order (default: 100000 1000000 5000000)")
+    bench_p.add_argument("--seed", type=int, default=42, help="demo generator seed")
+    bench_p.add_argument("--config", default=str(DEFAULT_CONFIG), help="run configuration to copy (demo.yaml)")
+    bench_p.add_argument("--work", default=str(DEFAULT_WORK),
+                         help="folder for generated demos (reused), configs and run folders")
+    bench_p.add_argument("--results", default=str(DEFAULT_RESULTS), help="where to write the results JSON")
+    bench_p.add_argument("--keep", action="store_true", help="keep the run folders (default: deleted after reading)")
+    bench_p.add_argument("--interval", type=float, default=0.1, help="memory sampling interval, seconds")
+    bench_p.set_defaults(func=_bench)
     return top
 
 

@@ -17,7 +17,10 @@ from cvm.contract import TABLES
 from cvm.errors import InputError
 
 STEPS = ("data", "knowledge", "personalisation", "monitoring")
-TOP_KEYS = {"name", "as_of", "output_dir", "seed", "sources", "steps", "params", "offers", "contact_policy"}
+TOP_KEYS = {"name", "as_of", "output_dir", "seed", "sources", "steps", "params", "offers", "contact_policy", "engine",
+            "spark"}
+ENGINES = ("duckdb", "spark")
+SPARK_KEYS = {"master", "conf", "transactions"}
 SOURCE_KEYS = {"path", "columns", "read", "values", "constants", "cancellation_prefix", "control_arm",
                "outcomes", "primary_outcome"}
 READ_KEYS = {"sep", "encoding", "decimal", "thousands", "date_format", "sheet", "skiprows", "header"}
@@ -40,6 +43,16 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class SparkSettings:
+    """Where the Spark engine runs (`master`: local[N], spark://host:7077, yarn, k8s://...), extra Spark settings, and
+    optionally where Spark reads the transactions (a path or URL such as s3a://bucket/tx/; default: the source path)."""
+
+    master: str = "local[2]"
+    conf: dict[str, str] = field(default_factory=dict)
+    transactions: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run: name, analysis date, where outputs go, the sources, the steps and their parameters."""
 
@@ -53,6 +66,8 @@ class RunConfig:
     offers: Path | None = None
     contact_policy: Path | None = None
     path: Path | None = None
+    engine: str = "duckdb"
+    spark: SparkSettings = field(default_factory=SparkSettings)
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as plain data, for the manifest."""
@@ -61,6 +76,8 @@ class RunConfig:
             "seed": self.seed, "steps": list(self.steps), "params": self.params,
             "offers": str(self.offers) if self.offers else None,
             "contact_policy": str(self.contact_policy) if self.contact_policy else None,
+            "engine": self.engine, "spark": {"master": self.spark.master, "conf": self.spark.conf,
+                                             "transactions": self.spark.transactions},
             "sources": {t: {"path": str(s.path), "columns": s.columns, "read": s.read, "values": s.values,
                             "constants": s.constants, "cancellation_prefix": s.cancellation_prefix,
                             "control_arm": s.control_arm, "outcomes": s.outcomes,
@@ -153,6 +170,7 @@ def load_config(path: str | Path, as_of: str | None = None, steps: list[str] | N
             raise InputError(f"{path}: unknown step '{step}'; steps are {', '.join(STEPS)}.")
     params = raw.get("params") or {}
     _unknown(set(params), set(STEPS), "params", path)
+    engine, spark = _engine(raw, sources, base, path)
     return RunConfig(
         name=str(raw["name"]),
         as_of=parse_date(as_of or raw["as_of"], f"{path}: as_of"),
@@ -164,4 +182,39 @@ def load_config(path: str | Path, as_of: str | None = None, steps: list[str] | N
         offers=(base / raw["offers"]).resolve() if raw.get("offers") else None,
         contact_policy=(base / raw["contact_policy"]).resolve() if raw.get("contact_policy") else None,
         path=path,
+        engine=engine,
+        spark=spark,
     )
+
+
+def _engine(raw: dict[str, Any], sources: dict[str, SourceConfig], base: Path,
+            file: Path) -> tuple[str, SparkSettings]:
+    """The `engine` and `spark` keys, checked; for engine: spark also that PySpark and Java are there."""
+    engine = str(raw.get("engine") or "duckdb").lower()
+    if engine not in ENGINES:
+        raise InputError(f"{file}: engine must be one of {', '.join(ENGINES)}, got '{raw.get('engine')}'.")
+    block = raw.get("spark") or {}
+    if not isinstance(block, dict):
+        raise InputError(f"{file}: spark must be a mapping with keys {', '.join(sorted(SPARK_KEYS))}.")
+    _unknown(set(block), SPARK_KEYS, "spark", file)
+    master = str(block.get("master") or "local[2]").strip()
+    conf = block.get("conf") or {}
+    if not isinstance(conf, dict) or any(isinstance(v, (dict, list)) or v is None for v in conf.values()):
+        raise InputError(f"{file}: spark.conf must map Spark setting names to single values, e.g. "
+                         "{spark.executor.memory: 8g}.")
+    location = block.get("transactions")
+    if location is not None:
+        location = str(location) if "://" in str(location) else str((base / str(location)).resolve())
+    settings = SparkSettings(master=master, transactions=location,
+                             conf={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.items()})
+    if engine == "spark":
+        from cvm.engine import check_spark_source, require_spark
+
+        if "transactions" not in sources:
+            raise InputError(f"{file}: engine: spark aggregates the transactions, but sources.transactions is not set.")
+        try:
+            check_spark_source(sources["transactions"], location or str(sources["transactions"].path))
+            require_spark()
+        except InputError as exc:
+            raise InputError(f"{file}: {exc}") from exc
+    return engine, settings

@@ -1,8 +1,9 @@
-"""Per-customer features from the transactions table, aggregated in DuckDB.
+"""Per-customer features from the transactions table, aggregated in DuckDB or Spark (`cvm.engine`).
 
-All SQL lives in the `SQL` dict below and uses only SELECT / GROUP BY / CASE / CAST / date literals and `min_by`, so the
-same definitions run on Spark SQL. Date differences are taken in pandas (vectorised) because DuckDB and Spark spell
-`datediff` differently.
+All SQL lives in the `SQL` dict below and uses only SELECT / GROUP BY / JOIN / CASE / CAST / date literals and
+`min_by`, so the same strings run on DuckDB and on Spark SQL: every function takes a DuckDB connection or a
+`cvm.engine.Engine`. Date differences are taken in pandas (vectorised) because DuckDB and Spark spell `datediff`
+differently; string literals avoid backslashes, which Spark reads as escapes.
 
 Definitions (the notebook and the CLV model rely on them):
 
@@ -15,7 +16,9 @@ Definitions (the notebook and the CLV model rely on them):
 * recency_days, tenure_days, ``T`` are measured to end = ``calibration_end`` when given, else ``as_of``;
 * ``x`` = purchase days - 1 (repeat purchase occasions), ``t_x`` = last - first purchase day, ``T`` = end - first
   purchase day, all in ``time_unit`` (D = 1 day, W = 7 days, M = 365.25 / 12 days);
-* ``mean_repeat_value`` = mean net value of the repeat purchase days (first purchase day excluded), NaN when x = 0.
+* ``mean_repeat_value`` = mean net value of the repeat purchase days (first purchase day excluded), NaN when x = 0;
+  with btyd_basis "orders", of the repeat purchase orders (of orders sharing the first timestamp, the smallest
+  order_id is the first).
 
 Customers whose only rows in the window are returns keep a row with n_orders = 0 and NaN BTYD fields.
 """
@@ -29,6 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from cvm.engine import Engine, as_engine
 from cvm.errors import InputError
 
 #: Length of one time unit in days.
@@ -50,6 +54,7 @@ SQL: dict[str, str] = {
             SELECT customer_id, order_id, MIN(ts) AS ts, SUM(amount) AS net,
                    MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
             FROM lines GROUP BY customer_id, order_id),
+        porders AS (SELECT customer_id, order_id, ts, net FROM orders WHERE net >= 0 AND has_buy = 1),
         days AS (
             SELECT customer_id, d, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
             FROM lines GROUP BY customer_id, d),
@@ -63,17 +68,22 @@ SQL: dict[str, str] = {
             FROM lines GROUP BY customer_id),
         order_agg AS (
             SELECT customer_id, COUNT(*) AS n_orders, MIN(ts) AS first_order_ts, MAX(ts) AS last_order_ts,
-                   SUM(net) AS purchase_order_value, min_by(net, ts) AS first_order_value
-            FROM orders WHERE net >= 0 AND has_buy = 1 GROUP BY customer_id),
+                   SUM(net) AS purchase_order_value
+            FROM porders GROUP BY customer_id),
+        first_order AS (
+            SELECT p.customer_id, min_by(p.net, COALESCE(CAST(p.order_id AS STRING), '')) AS first_order_value
+            FROM porders p JOIN order_agg f ON p.customer_id = f.customer_id AND p.ts = f.first_order_ts
+            GROUP BY p.customer_id),
         day_agg AS (
             SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
                    SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
             FROM pdays GROUP BY customer_id)
-        SELECT l.*, o.n_orders, o.first_order_ts, o.last_order_ts, o.purchase_order_value, o.first_order_value,
+        SELECT l.*, o.n_orders, o.first_order_ts, o.last_order_ts, o.purchase_order_value, fo.first_order_value,
                p.n_purchase_days, p.first_purchase, p.last_purchase, p.purchase_day_value,
                p.first_day_value
         FROM line_agg l
         LEFT JOIN order_agg o ON l.customer_id = o.customer_id
+        LEFT JOIN first_order fo ON l.customer_id = fo.customer_id
         LEFT JOIN day_agg p ON l.customer_id = p.customer_id""",
     "top_values": """
         SELECT CAST({col} AS STRING) AS v, SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS value
@@ -109,15 +119,11 @@ def _to_date(value: str | date, what: str) -> date:
         raise InputError(f"{what}: '{value}' is not a date; use YYYY-MM-DD.") from exc
 
 
-def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+def table_columns(con: duckdb.DuckDBPyConnection | Engine, table: str) -> list[str]:
     """The columns of a transactions table or view, checked: a plain name, present, with the contract columns."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
         raise InputError(f"table name '{table}' is not a plain identifier; register the data as a view first.")
-    try:
-        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-    except duckdb.Error as exc:
-        raise InputError(f"table '{table}' not found in the DuckDB connection: register it first "
-                         f"(con.register('{table}', df) or CREATE VIEW).") from exc
+    cols = as_engine(con).columns(table)
     missing = [c for c in REQUIRED if c not in cols]
     if missing:
         raise InputError(f"table '{table}': missing required column(s) {missing}; map them in the source config "
@@ -137,12 +143,14 @@ def _slug(value: str) -> str:
 
 
 def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A string literal both dialects read the same: quotes doubled, backslashes (an escape in Spark) as CHR(92)."""
+    parts = ["'" + part.replace("'", "''") + "'" for part in value.split("\\")]
+    return parts[0] if len(parts) == 1 else "CONCAT(" + ", CHR(92), ".join(parts) + ")"
 
 
-def _share_aggs(con: duckdb.DuckDBPyConnection, lines: str, col: str, top: int) -> tuple[str, list[str]]:
+def _share_aggs(con: Engine, lines: str, col: str, top: int) -> tuple[str, list[str]]:
     """SQL aggregates for the positive-value share of the top `top` values of `col`, plus an 'other' share."""
-    values = [r[0] for r in con.execute(SQL["top_values"].format(col=col, lines=lines, limit=top)).fetchall()]
+    values = con.query(SQL["top_values"].format(col=col, lines=lines, limit=top))["v"].tolist()
     aggs, names = [], []
     for v in values:
         name = f"{col}_share_{_slug(v)}"
@@ -155,7 +163,7 @@ def _share_aggs(con: duckdb.DuckDBPyConnection, lines: str, col: str, top: int) 
 
 
 def customer_features(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     as_of: str | date,
     table: str = "transactions",
     lookback_days: int | None = None,
@@ -174,6 +182,7 @@ def customer_features(
     `btyd_basis` chooses what a purchase occasion is for x, t_x, T and mean_repeat_value: "days" (distinct purchase
     days, dates only: CDNOW and most retail extracts) or "orders" (purchase orders at their timestamps, with T
     measured to the end of the end day: for data with real order times, where several orders can share a day).
+    `con` is a DuckDB connection or a `cvm.engine.Engine` (e.g. Spark); both give the same table.
     """
     if btyd_basis not in ("orders", "days"):
         raise InputError(f"btyd_basis must be 'orders' or 'days', got '{btyd_basis}'.")
@@ -188,6 +197,7 @@ def customer_features(
     if lookback_days is not None and lookback_days <= 0:
         raise InputError(f"lookback_days must be positive or None, got {lookback_days}.")
     start = end - timedelta(days=lookback_days) if lookback_days else None
+    con = as_engine(con)
     cols = table_columns(con, table)
     extra = [c for c in ("discount", "category", "channel") if c in cols]
     lines = _lines_sql(table, end, start, extra)
@@ -201,7 +211,7 @@ def customer_features(
             aggs, names = _share_aggs(con, lines, col, top_categories)
             extra_aggs += aggs
             share_cols += names
-    df = con.execute(SQL["features"].format(lines=lines, extra_aggs=extra_aggs)).df()
+    df = con.query(SQL["features"].format(lines=lines, extra_aggs=extra_aggs))
     if df.empty:
         raise InputError(f"table '{table}': no rows with order_date <= {end}"
                          f"{f' and after {start}' if start else ''}; check as_of / lookback_days.")
@@ -260,7 +270,7 @@ def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list
     return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
 
 
-def holdout_purchases(con: duckdb.DuckDBPyConnection, calibration_end: str | date, as_of: str | date,
+def holdout_purchases(con: duckdb.DuckDBPyConnection | Engine, calibration_end: str | date, as_of: str | date,
                       table: str = "transactions") -> pd.DataFrame:
     """customer_id, holdout_purchases: purchase days in (calibration_end, as_of], 0 for customers with none."""
     cal = _to_date(calibration_end, "calibration_end")
@@ -269,12 +279,12 @@ def holdout_purchases(con: duckdb.DuckDBPyConnection, calibration_end: str | dat
         raise InputError(f"calibration_end {cal} must be before as_of {end}.")
     table_columns(con, table)
     lines = _lines_sql(table, end, None, [])
-    df = con.execute(SQL["holdout"].format(lines=lines, cal_end=cal.isoformat())).df()
+    df = as_engine(con).query(SQL["holdout"].format(lines=lines, cal_end=cal.isoformat()))
     df["holdout_purchases"] = df["holdout_purchases"].fillna(0).astype("int32")
     return df.sort_values("customer_id", kind="stable").reset_index(drop=True)
 
 
-def daily_purchase_counts(con: duckdb.DuckDBPyConnection, calibration_end: str | date, as_of: str | date,
+def daily_purchase_counts(con: duckdb.DuckDBPyConnection | Engine, calibration_end: str | date, as_of: str | date,
                           table: str = "transactions") -> pd.DataFrame:
     """day, n_first, n_repeat: first and repeat purchase days per calendar day up to as_of, for the customers whose
     first purchase is on or before calibration_end (the input of `cvm.clv.cumulative_tracking`)."""
@@ -282,6 +292,6 @@ def daily_purchase_counts(con: duckdb.DuckDBPyConnection, calibration_end: str |
     end = _to_date(as_of, "as_of")
     table_columns(con, table)
     lines = _lines_sql(table, end, None, [])
-    df = con.execute(SQL["daily_counts"].format(lines=lines, cal_end=cal.isoformat())).df()
+    df = as_engine(con).query(SQL["daily_counts"].format(lines=lines, cal_end=cal.isoformat()))
     df["day"] = pd.to_datetime(df["day"])
     return df.astype({"n_first": "int64", "n_repeat": "int64"})

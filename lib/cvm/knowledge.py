@@ -15,6 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cvm import anomalies, churn, clv, customer_db, features as feat, lifecycle, personas, rfm
+from cvm.config import RunConfig
+from cvm.engine import DuckDBEngine, Engine, spark_engine
 from cvm.errors import InputError
 
 #: columns every later step relies on, in this order (then consents and descriptive attributes)
@@ -119,7 +121,15 @@ class HoldoutCheck:
     tracking: pd.DataFrame
 
 
-def holdout_check(con: duckdb.DuckDBPyConnection, calibration_end: str, as_of: str | date, time_unit: str,
+def feature_engine(config: RunConfig, con: duckdb.DuckDBPyConnection) -> Engine:
+    """Where the per-customer aggregation runs: the run database (engine: duckdb), or Spark reading the transactions
+    source files directly (engine: spark; master, settings and location from the config's spark block)."""
+    if config.engine == "spark":
+        return spark_engine(config.sources["transactions"], config.spark)
+    return DuckDBEngine(con)
+
+
+def holdout_check(con: duckdb.DuckDBPyConnection | Engine, calibration_end: str, as_of: str | date, time_unit: str,
                   btyd_basis: str, excluded: pd.Series | None = None) -> HoldoutCheck:
     """Fit on transactions up to calibration_end; compare predicted and actual purchase days after it."""
     if btyd_basis != "days":
@@ -296,8 +306,8 @@ CHURN_FEATURES = ("recency_days", "frequency", "monetary_total", "monetary_mean"
                   "discount_share", "n_orders")
 
 
-def churn_scores(con: duckdb.DuckDBPyConnection, as_of: str | date, feats: pd.DataFrame, values: pd.DataFrame,
-                 excluded: pd.Series, seed: int, horizon_days: int = 180) -> ChurnResult:
+def churn_scores(con: duckdb.DuckDBPyConnection | Engine, as_of: str | date, feats: pd.DataFrame,
+                 values: pd.DataFrame, excluded: pd.Series, seed: int, horizon_days: int = 180) -> ChurnResult:
     """Churn = no purchase in the next `horizon_days`. A classifier trained on the period before as_of − horizon
     (label: bought again in the following horizon or not) when history allows; else 1 − P(alive)."""
     base = feats[["customer_id"]].merge(values[["customer_id", "p_alive"]], on="customer_id", how="left")
