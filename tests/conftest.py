@@ -29,16 +29,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def demo_config(demo_dir: Path, tmp_path: Path) -> Path:
-    """configs/demo.yaml pointed at the session's demo data, writing runs under tmp_path."""
-    import yaml
+    """configs/demo.yaml pointed at the session's demo data (and its truth), writing runs under tmp_path."""
+    from cvm.config import config_for_data
 
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    for spec in raw["sources"].values():
-        spec["path"] = str(demo_dir / Path(spec["path"]).name)
-    for key in ("offers", "contact_policy"):
-        if raw.get(key):
-            raw[key] = str((ROOT / "configs" / raw[key]).resolve())
-    raw["output_dir"] = str(tmp_path / "output")
-    path = tmp_path / "demo.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return config_for_data(ROOT / "configs" / "demo.yaml", demo_dir, tmp_path / "output", tmp_path / "demo.yaml")

@@ -19,6 +19,7 @@ import yaml
 
 from cvm import bench
 from cvm.bench import EXPORT, KERNEL, RUNNER, Generation, SizeResult, Window
+from cvm.config import config_for_data
 from cvm.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,17 +133,17 @@ def test_step_table_orders_by_first_use_and_adds_up() -> None:
 
 
 def test_tree_usage_sees_a_child_and_its_memory() -> None:
-    """Known truth: a child process that holds 200 MB must show up in the tree (psutil and /proc) with that RSS."""
+    """Known truth: a child process that holds 200 MB must show up in the tree with that RSS."""
     code = "import time; b = bytearray(200_000_000); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); " \
            "time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ok"
-        for usage in (bench.tree_usage(os.getpid()), bench._proc_tree(os.getpid())):
-            pids = {key[0]: rss for key, rss, _ in usage}
-            assert os.getpid() in pids and child.pid in pids
-            assert pids[child.pid] > 190e6
-            assert all(cpu >= 0 for _, _, cpu in usage)
+        usage = bench.tree_usage(os.getpid())
+        pids = {key[0]: rss for key, rss, _ in usage}
+        assert os.getpid() in pids and child.pid in pids
+        assert pids[child.pid] > 190e6
+        assert all(cpu >= 0 for _, _, cpu in usage)
     finally:
         child.kill()
         child.wait()
@@ -155,25 +156,6 @@ def test_sampler_samples_in_the_background_and_keeps_cpu_of_ended_processes() ->
     times, cpu = sampler.times, sampler.cpu
     assert len(times) >= 5 and np.all(np.diff(times) >= 0) and np.all(sampler.rss > 0)
     assert np.all(np.diff(cpu) >= -1e-9), "cumulative CPU never drops when the child ends"
-
-
-def test_instrument_records_calls_and_restores_the_originals(monkeypatch: pytest.MonkeyPatch) -> None:
-    import papermill
-
-    from cvm import report
-
-    def fake_execute(input_path: str, output_path: str, **kwargs: object) -> str:
-        return output_path
-
-    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
-    original_export = report.export_html
-    with bench.instrument_runner() as calls:
-        assert papermill.execute_notebook("/nb/00_data.ipynb", "/run/data/data.ipynb", cwd="x") == \
-            "/run/data/data.ipynb"
-    assert papermill.execute_notebook is fake_execute and report.export_html is original_export
-    (notebook, executed, start, end), = calls.executions
-    assert (notebook, executed) == ("00_data", Path("/run/data/data.ipynb")) and start <= end
-    assert calls.exports == []
 
 
 def _size(n: int, total: float, steps: dict[str, float], peak: float = 1000.0) -> SizeResult:
@@ -194,9 +176,9 @@ def test_targets_met_missed_not_run_and_superlinear_steps() -> None:
         checks.reset_index())
 
 
-def test_bench_config_points_at_the_generated_data(tmp_path: Path) -> None:
-    path = bench.bench_config(ROOT / "configs" / "demo.yaml", tmp_path / "data", tmp_path / "out",
-                              tmp_path / "cfg" / "b.yaml", "bench_7")
+def test_config_for_data_points_at_the_generated_data(tmp_path: Path) -> None:
+    path = config_for_data(ROOT / "configs" / "demo.yaml", tmp_path / "data", tmp_path / "out",
+                           tmp_path / "cfg" / "b.yaml", "bench_7")
     raw = yaml.safe_load(path.read_text())
     assert raw["name"] == "bench_7" and raw["output_dir"] == str(tmp_path / "out")
     assert raw["sources"]["transactions"]["path"] == str(tmp_path / "data" / "transactions.parquet")

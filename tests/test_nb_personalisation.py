@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cvm.config import load_config
+from cvm.config import config_for_data, load_config
 from cvm.contract import CONTACTS
 from cvm.runner import run
 
@@ -18,18 +18,9 @@ pytestmark = pytest.mark.notebook
 @pytest.fixture(scope="module")
 def plan_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data -> knowledge -> personalisation on the demo, with the generator truth for the oracle check."""
-    import yaml
-
-    root = Path(__file__).resolve().parents[1] / "configs"
-    raw = yaml.safe_load((root / "demo.yaml").read_text())
-    for spec in raw["sources"].values():
-        spec["path"] = str(demo_dir / Path(spec["path"]).name)
-    for key in ("offers", "contact_policy"):
-        raw[key] = str((root / raw[key]).resolve())
-    raw["output_dir"] = str(tmp_path_factory.mktemp("plan"))
-    raw["params"]["personalisation"]["truth_dir"] = str(demo_dir)
-    path = Path(raw["output_dir"]) / "demo.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path_factory.mktemp("plan")
+    path = config_for_data(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", demo_dir, out,
+                           out / "demo.yaml")
     config = dataclasses.replace(load_config(path), steps=("data", "knowledge", "personalisation"))
     return run(config, progress=False).run_dir / "personalisation"
 

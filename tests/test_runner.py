@@ -50,6 +50,8 @@ def test_run_writes_reports_manifest_and_moves_latest(client: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and set(manifest["input_sha256"]) == {"transactions", "customers"}
     assert manifest["versions"]["duckdb"] and manifest["timings_s"]["data"] > 0
+    start, executed, exported = manifest["windows"]["data"]  # notebook call, then report export (cvm bench)
+    assert start < executed <= exported and exported - start <= manifest["timings_s"]["data"] + 0.1
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     tx = summary["tables"]["transactions"]
     assert (tx["rows_read"], tx["rows_kept"]) == (6, 4)

@@ -2,12 +2,11 @@
 notebook through `cvm.runner.run`, reports included, and give each step of the playbook its wall time and peak RSS.
 
 Time. Papermill records each executed cell's start and end (`metadata.papermill.start_time` / `end_time`); a cell's
-step is its `bench:<key>` cell tag (labels in `rules/bench.yaml`), an untagged cell counts as "other <notebook>". While
-the run lasts, the runner's two outside calls, `papermill.execute_notebook` and `cvm.report.export_html`, are wrapped
-to record when they start and end (the runner itself is unchanged): from a notebook call's start to its first cell is
-"kernel startup", gaps between cells are papermill's bookkeeping ("other <notebook>"), the exports are "report export"
-and the rest of `run` (pre-flight file hashes, manifest) is "runner". The windows tile the run, so the lines add up to
-the total.
+step is its `bench:<key>` cell tag (labels in `rules/bench.yaml`), an untagged cell counts as "other <notebook>". The
+runner records when each step's notebook call and report export start and end (`RunResult.windows`, also in the
+manifest): from a notebook call's start to its first cell is "kernel startup", gaps between cells are papermill's
+bookkeeping ("other <notebook>"), the exports are "report export" and the rest of `run` (pre-flight file hashes,
+manifest) is "runner". The windows tile the run, so the lines add up to the total.
 
 Memory and CPU. A background thread samples the resident set size (RSS) and CPU time of the whole process tree (this
 process, the kernel and any other child) every `interval` seconds; a step's peak is the largest sample inside its time
@@ -29,9 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,11 +37,13 @@ from typing import Any
 import nbformat
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
-import yaml
 
-from cvm.config import parse_date, read_yaml
+from cvm import runner
+from cvm.config import config_for_data, parse_date, read_yaml
 from cvm.errors import InputError
+from cvm.runner import STEP_NOTEBOOKS, RunResult, executed_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_PATH = Path(__file__).parent / "rules" / "bench.yaml"
@@ -67,14 +67,6 @@ class Window:
     step: str
     start: float
     end: float
-
-
-@dataclass
-class RecordedCalls:
-    """What the wrapped runner calls did: (notebook, executed copy, start, end) per notebook, and the exports."""
-
-    executions: list[tuple[str, Path, float, float]] = field(default_factory=list)
-    exports: list[Window] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -189,40 +181,9 @@ def tile(run_start: float, run_end: float, windows: Sequence[Window]) -> list[Wi
 
 
 # ------------------------------------------------------------------------------------------------------------ memory
-def _proc_tree(pid: int) -> list[tuple[tuple[int, int], int, float]]:
-    """(pid, start tick), RSS bytes and CPU seconds of pid and its descendants, read from /proc (without psutil)."""
-    parent, usage = {}, {}
-    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ... (proc(5) numbering - 3)
-        number = int(entry.name)
-        parent[number] = int(fields[1])
-        usage[number] = ((number, int(fields[19])), int(fields[21]) * page, (int(fields[11]) + int(fields[12])) / tick)
-    children: dict[int, list[int]] = {}
-    for child, ppid in parent.items():
-        children.setdefault(ppid, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        if current in usage:
-            found.append(usage[current])
-        todo.extend(children.get(current, []))
-    return found
-
-
 def tree_usage(pid: int) -> list[tuple[tuple[int, float], int, float]]:
     """Per process of the tree rooted at pid: a key that survives pid reuse, RSS bytes, CPU seconds (user + system)
-    so far. psutil when installed, else /proc."""
-    try:
-        import psutil
-    except ImportError:
-        return _proc_tree(pid)
+    so far."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -330,44 +291,14 @@ def step_table(windows: Sequence[Window], times: np.ndarray, rss: np.ndarray, cp
 
 
 # ------------------------------------------------------------------------------------------------ running the playbook
-@contextmanager
-def instrument_runner() -> Iterator[RecordedCalls]:
-    """Wrap `papermill.execute_notebook` and `cvm.report.export_html`, the runner's two outside calls, to record
-    when each starts and ends; the originals are back on exit."""
-    import papermill
-
-    from cvm import report
-
-    calls = RecordedCalls()
-    execute, export = papermill.execute_notebook, report.export_html
-
-    def timed_execute(input_path: str, output_path: str, *args: Any, **kwargs: Any) -> Any:
-        start = time.time()
-        try:
-            return execute(input_path, output_path, *args, **kwargs)
-        finally:
-            calls.executions.append((Path(input_path).stem, Path(output_path), start, time.time()))
-
-    def timed_export(*args: Any, **kwargs: Any) -> Path:
-        start = time.time()
-        try:
-            return export(*args, **kwargs)
-        finally:
-            calls.exports.append(Window(EXPORT, start, time.time()))
-
-    papermill.execute_notebook, report.export_html = timed_execute, timed_export
-    try:
-        yield calls
-    finally:
-        papermill.execute_notebook, report.export_html = execute, export
-
-
-def attribute(calls: RecordedCalls, labels: dict[str, str]) -> tuple[list[Window], pd.DataFrame]:
-    """Windows of every notebook call (read from its executed copy) and export, and the cell table of all notebooks."""
-    windows, frames = list(calls.exports), []
-    for notebook, executed, start, end in calls.executions:
-        cells = cell_times(nbformat.read(str(executed), as_version=4), notebook, labels)
-        windows += notebook_windows(cells, notebook, start, end)
+def attribute(result: RunResult, labels: dict[str, str]) -> tuple[list[Window], pd.DataFrame]:
+    """Windows of every step's notebook (cells read from its executed copy) and report export, from the runner's
+    record, and the cell table of all notebooks."""
+    windows, frames = [], []
+    for step, (start, executed, exported) in result.windows.items():
+        notebook = Path(STEP_NOTEBOOKS[step]).stem
+        cells = cell_times(nbformat.read(str(executed_notebook(result.run_dir, step)), as_version=4), notebook, labels)
+        windows += [*notebook_windows(cells, notebook, start, executed), Window(EXPORT, executed, exported)]
         frames.append(cells)
     cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CELL_COLUMNS)
     return windows, cells
@@ -410,27 +341,6 @@ def ensure_demo(folder: Path, customers: int, seed: int, as_of: str, interval: f
     return Generation(folder, reused, float(seconds), float(peak), int(rows))
 
 
-def bench_config(base: Path, data_dir: Path, output_dir: Path, dest: Path, name: str) -> Path:
-    """A copy of the demo run configuration named `name`, its sources and demo truth in data_dir, offers and policy
-    as absolute paths, runs written to output_dir; written to dest."""
-    raw = read_yaml(base, "run configuration")
-    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), dict):
-        raise InputError(f"{base}: a run configuration with 'sources' is needed for the benchmark (e.g. "
-                         "configs/demo.yaml).")
-    for spec in raw["sources"].values():
-        spec["path"] = str(data_dir / Path(spec["path"]).name)
-    for key in ("offers", "contact_policy"):
-        if raw.get(key):
-            raw[key] = str((base.resolve().parent / raw[key]).resolve())
-    personalisation = (raw.get("params") or {}).get("personalisation") or {}
-    if personalisation.get("truth_dir"):
-        personalisation["truth_dir"] = str(data_dir)
-    raw.update(name=name, output_dir=str(output_dir))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return dest
-
-
 def _remove_run(run_dir: Path) -> None:
     latest = run_dir.parent / "latest"
     if latest.is_symlink() and latest.resolve() == run_dir.resolve():
@@ -445,21 +355,20 @@ def bench_size(customers: int, seed: int = 42, work: Path = DEFAULT_WORK, config
     """Generate (or reuse) the demo at one size and run the whole playbook on it through `cvm.runner.run`,
     attributing wall time and peak RSS to the steps. The run folder is deleted after reading unless keep."""
     from cvm.config import load_config
-    from cvm.runner import run
 
     rules = rules or load_rules()
     raw = read_yaml(config, "run configuration")
     as_of = parse_date((raw or {}).get("as_of"), f"{config}: as_of").isoformat()
     work = Path(work).resolve()
     generation = ensure_demo(work / "data" / f"demo_{customers}_seed{seed}", customers, seed, as_of, interval)
-    path = bench_config(Path(config), generation.folder, work / "output", work / "configs" / f"bench_{customers}.yaml",
-                        f"bench_{customers}")
+    path = config_for_data(Path(config), generation.folder, work / "output",
+                           work / "configs" / f"bench_{customers}.yaml", f"bench_{customers}")
     run_config = load_config(path)
-    with RssSampler(interval=interval) as sampler, instrument_runner() as calls:
+    with RssSampler(interval=interval) as sampler:
         start = time.time()
-        result = run(run_config, progress=False)
+        result = runner.run(run_config, progress=False)
         end = time.time()
-    windows, cells = attribute(calls, rules["steps"])
+    windows, cells = attribute(result, rules["steps"])
     windows = tile(start, end, windows)
     times, rss = sampler.times, sampler.rss
     steps = step_table(windows, times, rss, sampler.cpu)
@@ -517,17 +426,10 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """The machine and software the figures were measured on: CPU, cores, RAM, load, Python and package versions."""
-    from cvm.runner import versions
-
-    try:
-        import psutil
-        rss_source = f"psutil {psutil.__version__}"
-    except ImportError:
-        rss_source = "/proc"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
             "ram_gib": round(ram / 2**30, 1), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "rss_source": rss_source, **versions()}
+            "rss_source": f"psutil {psutil.__version__}", **runner.versions()}
 
 
 def run_bench(sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 42, work: Path = DEFAULT_WORK,

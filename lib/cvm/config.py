@@ -197,7 +197,7 @@ def _engine(raw: dict[str, Any], sources: dict[str, SourceConfig], base: Path,
     if not isinstance(block, dict):
         raise InputError(f"{file}: spark must be a mapping with keys {', '.join(sorted(SPARK_KEYS))}.")
     _unknown(set(block), SPARK_KEYS, "spark", file)
-    master = str(block.get("master") or "local[2]").strip()
+    master = str(block.get("master") or SparkSettings.master).strip()
     conf = block.get("conf") or {}
     if not isinstance(conf, dict) or any(isinstance(v, (dict, list)) or v is None for v in conf.values()):
         raise InputError(f"{file}: spark.conf must map Spark setting names to single values, e.g. "
@@ -218,3 +218,24 @@ def _engine(raw: dict[str, Any], sources: dict[str, SourceConfig], base: Path,
         except InputError as exc:
             raise InputError(f"{file}: {exc}") from exc
     return engine, settings
+
+
+def config_for_data(base: Path, data_dir: Path, output_dir: Path, dest: Path, name: str | None = None) -> Path:
+    """A copy of the run configuration `base` (e.g. configs/demo.yaml) pointed at the files of the same names in
+    data_dir (sources and the demo truth), with offers and policy as absolute paths, runs written to output_dir and,
+    when given, a new run name; written to dest (used by the benchmark and the tests)."""
+    raw = read_yaml(base, "run configuration")
+    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), dict):
+        raise InputError(f"{base}: a run configuration with 'sources' is needed (e.g. configs/demo.yaml).")
+    for spec in raw["sources"].values():
+        spec["path"] = str(data_dir / Path(spec["path"]).name)
+    for key in ("offers", "contact_policy"):
+        if raw.get(key):
+            raw[key] = str((base.resolve().parent / raw[key]).resolve())
+    personalisation = (raw.get("params") or {}).get("personalisation") or {}
+    if personalisation.get("truth_dir"):
+        personalisation["truth_dir"] = str(data_dir)
+    raw.update(output_dir=str(output_dir), **({"name": name} if name else {}))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return dest

@@ -40,6 +40,12 @@ class RunResult:
     run_dir: Path
     reports: dict[str, Path]
     timings: dict[str, float]
+    windows: dict[str, list[float]]  # per step: notebook start, notebook end = report start, report end (epoch s)
+
+
+def executed_notebook(run_dir: Path, step: str) -> Path:
+    """Where the runner writes a step's executed notebook."""
+    return run_dir / step / f"{step}.ipynb"
 
 
 def preflight(config: RunConfig) -> dict[str, str]:
@@ -120,7 +126,8 @@ def run(config: RunConfig, now: datetime | None = None, progress: bool = True) -
     run_dir = new_run_dir(config, now or datetime.now())
     log = _logger(run_dir)
     manifest = {"status": "running", "config": config.as_dict(), "config_file": str(config.path),
-                "versions": versions(), "input_sha256": hashes, "steps": steps, "timings_s": {}}
+                "versions": versions(), "input_sha256": hashes, "steps": steps, "timings_s": {},
+                "windows": {}}
     manifest_path = run_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     log.info("run %s: steps %s", run_dir, steps)
@@ -130,13 +137,15 @@ def run(config: RunConfig, now: datetime | None = None, progress: bool = True) -
         overall.set_postfix_str(step)
         out_dir = run_dir / step
         out_dir.mkdir(exist_ok=True)
-        executed = out_dir / f"{step}.ipynb"
-        started = time.perf_counter()
+        executed = executed_notebook(run_dir, step)
+        started, window = time.perf_counter(), [time.time()]
         try:
             pm.execute_notebook(str(NOTEBOOKS / STEP_NOTEBOOKS[step]), str(executed),
                                 parameters=step_parameters(config, step, run_dir), cwd=str(NOTEBOOKS),
                                 progress_bar=progress, kernel_name="python3", log_output=False)
+            window.append(time.time())
             reports[step] = export_html(executed, out_dir / "report.html")
+            window.append(time.time())
         except PapermillExecutionError as exc:
             message = (f"step '{step}' failed in notebook {STEP_NOTEBOOKS[step]}, cell {exc.exec_count} "
                        f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}")
@@ -147,12 +156,13 @@ def run(config: RunConfig, now: datetime | None = None, progress: bool = True) -
             _fail(run_dir, manifest, manifest_path, message, log)
             raise RunFailed(message) from None
         manifest["timings_s"][step] = round(time.perf_counter() - started, 2)
+        manifest["windows"][step] = window
         log.info("step %s done in %.1f s", step, manifest["timings_s"][step])
     manifest["status"] = "succeeded"
     manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     _move_latest(run_dir)
     log.info("run succeeded")
-    return RunResult(run_dir, reports, manifest["timings_s"])
+    return RunResult(run_dir, reports, manifest["timings_s"], manifest["windows"])
 
 
 def _fail(run_dir: Path, manifest: dict, manifest_path: Path, message: str, log: logging.Logger) -> None:
