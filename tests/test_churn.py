@@ -100,3 +100,16 @@ def test_enough_history_rules() -> None:
     assert HISTORY_RULES["min_customers"] == 500
     with pytest.raises(InputError, match="holdout_days"):
         enough_history(100, 0, labels)
+
+
+def test_large_calibration_base_learns_from_a_stratified_sample() -> None:
+    """Above max_rows customers the classifier learns from a seeded stratified sample of that size: the churn rate
+    is kept, and its AUC and scores are statistically those of the model on every customer."""
+    features, holdout, dead = _population(n=6000, seed=5)
+    full = fit_churn_classifier(features, holdout, FEATURES, seed=1)
+    sampled = fit_churn_classifier(features, holdout, FEATURES, seed=1, max_rows=3000)
+    assert sampled.n_train + sampled.n_validation == 3000 and full.n_train + full.n_validation == 6000
+    assert sampled.churn_rate == pytest.approx(full.churn_rate, abs=1e-3)
+    assert abs(sampled.auc - full.auc) < 0.03
+    assert roc_auc_score(dead, sampled.score(features)) > 0.7
+    assert np.corrcoef(sampled.score(features), full.score(features))[0, 1] > 0.95

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from scipy import special
+from scipy import optimize, special
 
 from cvm import clv
 from cvm.errors import InputError
@@ -103,6 +103,42 @@ def test_cdnow_holdout(cdnow: dict) -> None:
     assert abs(week78["predicted_cum"] / week78["actual_cum"] - 1) < 0.06
     assert isinstance(clv.plot_holdout_by_frequency(res), Figure)
     assert isinstance(clv.plot_cumulative_tracking(track), Figure)
+
+
+def _bgnbd_ll(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
+    """Total BG/NBD log-likelihood (Fader, Hardie & Lee 2005, eq. 6), written here independently of cvm.clv."""
+    r, alpha, a, b = params
+    base = (special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha) + special.betaln(a, b + x)
+            - special.betaln(a, b) - (r + x) * np.log(alpha + T))
+    with np.errstate(divide="ignore"):
+        odds = np.log(a) - np.log(np.where(x > 0, b + x - 1, 1.0)) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+    return float(np.sum(base + np.where(x > 0, np.logaddexp(0.0, odds), 0.0)))
+
+
+@pytest.mark.real
+def test_cdnow_fit_maximises_an_independent_likelihood_with_its_curvature_as_se(cdnow: dict) -> None:
+    """The Newton fit with the analytic Hessian against the generic route on CDNOW: the estimate is the maximum of an
+    independently written likelihood (Nelder-Mead from there gains nothing), and its SEs are those of a Hessian taken
+    by central differences of that likelihood."""
+    fit, cal = cdnow["fit"], cdnow["cal"].dropna(subset=["x"])
+    x, t_x, T = (cal[c].to_numpy(dtype=float) for c in ("x", "t_x", "T"))
+    est = np.array(list(fit.params().values()))
+    assert fit.log_likelihood == pytest.approx(_bgnbd_ll(est, x, t_x, T), abs=1e-6)
+    res = optimize.minimize(lambda th: -_bgnbd_ll(np.exp(th), x, t_x, T), np.log(est), method="Nelder-Mead",
+                            options={"xatol": 1e-10, "fatol": 1e-10})
+    assert -res.fun - fit.log_likelihood < 1e-6
+    step = 1e-4 * est
+    hess = np.empty((4, 4))
+    for i in range(4):
+        for j in range(4):
+            def ll(di: float, dj: float) -> float:
+                p = est.copy()
+                p[i] += di * step[i]
+                p[j] += dj * step[j]
+                return _bgnbd_ll(p, x, t_x, T)
+            hess[i, j] = (ll(1, 1) - ll(1, -1) - ll(-1, 1) + ll(-1, -1)) / (4 * step[i] * step[j])
+    se = np.sqrt(np.diag(np.linalg.inv(-hess)))
+    assert list(fit.se.values()) == pytest.approx(se, rel=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------- simulations
@@ -244,3 +280,26 @@ def test_clv_telescopes_without_discounting() -> None:
 def test_bad_input(call, message: str) -> None:
     with pytest.raises(InputError, match=message):
         call()
+
+
+def test_large_data_path_sample_start_and_fallback_give_the_same_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above WARM_START_ROWS distinct rows the fits start from a seeded sample; the estimates equal a fit without the
+    sample stage, and the bounded L-BFGS-B fallback (used when Newton steps fail) reaches the same maximum."""
+    T = np.random.default_rng(4).uniform(26, 52, 120_000)  # continuous T: every row distinct
+    sim = simulate_bgnbd(120_000, TRUTH.r, TRUTH.alpha, TRUTH.a, TRUTH.b, T, 0.0, seed=5)
+    rng = np.random.default_rng(6)
+    x_gg = rng.integers(1, 12, 80_000)
+    z_gg = rng.gamma(6.0 * x_gg, 1 / rng.gamma(4.0, 1 / 15.0, 80_000)) / x_gg
+    fits = {"sample start": (clv.fit_bgnbd(sim["x"], sim["t_x"], sim["T"]), clv.fit_gamma_gamma(x_gg, z_gg))}
+    monkeypatch.setattr(clv, "WARM_START_ROWS", 10**9)
+    fits["no sample"] = (clv.fit_bgnbd(sim["x"], sim["t_x"], sim["T"]), clv.fit_gamma_gamma(x_gg, z_gg))
+    monkeypatch.setattr(clv, "_newton", lambda objective, x0: None)
+    fits["fallback"] = (clv.fit_bgnbd(sim["x"], sim["t_x"], sim["T"]), clv.fit_gamma_gamma(x_gg, z_gg))
+    (bg, gg) = fits["sample start"]
+    assert bg.n_unique > clv.WARM_SAMPLE and bg.converged and gg.converged and "Newton" in bg.message
+    for name, (other_bg, other_gg) in fits.items():
+        rtol = 1e-5 if name == "fallback" else 1e-8
+        assert list(other_bg.params().values()) == pytest.approx(list(bg.params().values()), rel=rtol), name
+        assert list(other_gg.params().values()) == pytest.approx(list(gg.params().values()), rel=rtol), name
+        assert other_bg.log_likelihood == pytest.approx(bg.log_likelihood, rel=1e-10), name
+        assert list(other_bg.se.values()) == pytest.approx(list(bg.se.values()), rel=1e-3), name

@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from cvm import customer_db as db
+from cvm.config import SourceConfig
 from cvm.contract import markdown
 from cvm.quality import validate
+from cvm.sources import load_source
 
 AS_OF = date(2025, 6, 30)
 
@@ -72,3 +74,54 @@ def test_data_readme_documents_the_contract() -> None:
     start = readme.index("-->", readme.index("<!-- contract:start")) + 4
     end = readme.index("<!-- contract:end -->")
     assert readme[start:end] == markdown()
+
+
+def test_customer_view_matches_pandas_on_the_demo(demo_dir: Path, tmp_path: Path) -> None:
+    """Source flags, order counts, dates and totals of the customer view, recomputed in pandas from the kept rows."""
+    as_of = date(2026, 3, 31)  # the demo runs to 2026-06-30: later lines are rejected, so some customers drop out
+    tables = {name: validate(name, load_source(SourceConfig(table=name, path=demo_dir / file)), as_of)
+              for name, file in [("transactions", "transactions.parquet"), ("customers", "customers.csv"),
+                                 ("loyalty", "loyalty.csv"), ("contacts", "contacts.parquet")]}
+    db.build_customer_db(tables, tmp_path, as_of)
+    customer = db.connect(tmp_path).execute("SELECT * FROM customer").df().set_index("customer_id")
+    lines = tables["transactions"].kept
+    until = lines[lines["order_date"] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
+    by_customer = until.groupby("customer_id")
+    expected = pd.DataFrame({
+        "first_order_date": by_customer["order_date"].min(), "last_order_date": by_customer["order_date"].max(),
+        "n_orders": until[~until["is_return"]].groupby("customer_id")["order_id"].nunique(),
+        "net_revenue": by_customer["amount"].sum(),
+        "returned_value": -until[until["is_return"]].groupby("customer_id")["amount"].sum()})
+    expected["n_orders"] = expected["n_orders"].fillna(0).astype("int64")
+    ids = sorted(set().union(*(set(v.kept["customer_id"].dropna()) for v in tables.values())))
+    assert list(customer.index) == ids
+    for name, validated in tables.items():
+        assert (customer[f"in_{name}"] == customer.index.isin(set(validated.kept["customer_id"].dropna()))).all()
+    got = customer.loc[expected.index, list(expected.columns)]
+    pd.testing.assert_frame_equal(got, expected, check_names=False, check_dtype=False, check_index_type=False,
+                                  rtol=1e-9)
+    assert customer.loc[~customer.index.isin(expected.index), "n_orders"].isna().all()
+
+
+def test_busy_day_anomaly_counts_distinct_orders(tmp_path: Path) -> None:
+    """'over 50 orders on one day' counts distinct orders: 60 lines of 40 orders are not flagged, 51 orders are."""
+    day = ["2025-03-01 10:00"]
+    lines = pd.concat([
+        pd.DataFrame({"customer_id": "A", "order_id": [str(i % 40) for i in range(60)], "order_date": day * 60}),
+        pd.DataFrame({"customer_id": "B", "order_id": [str(i) for i in range(51)], "order_date": day * 51}),
+        pd.DataFrame({"customer_id": "C", "order_id": [str(i) for i in range(51)],
+                      "order_date": [f"2025-03-{1 + i % 2:02d}" for i in range(51)]})]).assign(amount="1")
+    db.build_customer_db({"transactions": validate("transactions", lines, AS_OF)}, tmp_path, AS_OF)
+    found = db.anomalies(db.connect(tmp_path), AS_OF).set_index("check")
+    assert found.loc["customers with over 50 orders on one day", "rows"] == 51
+    assert found.loc["customers with over 50 orders on one day", "example_order_id"] in set(lines["order_id"])
+
+
+def test_customer_with_only_returns_has_zero_orders(tmp_path: Path) -> None:
+    """n_orders counts purchase orders: 0 (not missing) for a customer whose lines are all returns."""
+    lines = pd.DataFrame({"customer_id": ["R", "R", "P"], "order_id": ["1", "2", None],
+                          "order_date": ["2025-01-01"] * 3, "amount": ["-5", "-1", "3"]})
+    db.build_customer_db({"transactions": validate("transactions", lines, AS_OF)}, tmp_path, AS_OF)
+    customer = db.connect(tmp_path).execute("SELECT * FROM customer").df().set_index("customer_id")
+    assert customer.loc["R", "n_orders"] == 0 and customer.loc["R", "net_revenue"] == -6.0
+    assert customer.loc["P", "n_orders"] == 0 and customer.loc["P", "net_revenue"] == 3.0  # a line without order id

@@ -104,3 +104,34 @@ def test_sentences_speak_plain_business() -> None:
             "orders_per_active_customer": 2.25, "revenue_per_active_customer": 25.0, "window_start": "2025-07-01",
             "as_of": "2026-06-30"}
     assert knowledge.kpi_table(kpis)["value"].tolist()[:3] == ["5", "4", "9"]
+
+
+def test_assemble_equals_the_left_merges_on_the_demo_ids(demo_dir: Path) -> None:
+    """assemble (Arrow key lookups) against the chain of pandas left merges it replaces, on the demo's customers:
+    parts covering different customers in other orders, integer, boolean and text columns; repeated ids are an
+    error rather than silently repeated rows."""
+    customer = pd.read_csv(demo_dir / "customers.csv", dtype={"customer_id": "str"})
+    feats = customer[["customer_id"]].sample(frac=0.9, random_state=2).reset_index(drop=True)
+    feats["recency_days"] = np.arange(len(feats), dtype="float32")
+    feats["frequency"] = feats.index % 7
+    feats["monetary_total"] = feats["recency_days"] * 1.5
+    feats["n_orders"] = (feats.index % 5).astype("int32")
+    feats["last_purchase"] = pd.Timestamp("2026-06-30") - pd.to_timedelta(feats.index % 400, unit="D")
+    segments = feats[["customer_id"]].sample(frac=0.8, random_state=3)
+    segments["rfm_segment"] = np.where(segments.index % 2, "Champions", "Lost")
+    flags = customer[["customer_id"]].sample(frac=1.0, random_state=4)
+    flags["anomaly_flag"] = flags.index % 50 == 0
+    flags["anomaly_reason"] = np.where(flags["anomaly_flag"], "bulk", "")
+    table = knowledge.assemble(customer, feats, [segments, flags])
+    cols = {"monetary_total": "monetary"}
+    expected = customer[["customer_id"]].drop_duplicates().merge(feats.rename(columns=cols), on="customer_id",
+                                                                 how="left")
+    for part in (segments, flags):
+        expected = expected.merge(part, on="customer_id", how="left")
+    expected["anomaly_flag"] = expected["anomaly_flag"].fillna(False).astype(bool)
+    expected["rfm_segment"] = expected["rfm_segment"].fillna(knowledge.NO_PURCHASE)
+    carried = [c for c in knowledge.CARRIED if c in customer.columns]
+    expected = expected.merge(customer[["customer_id", *carried]], on="customer_id", how="left")
+    pd.testing.assert_frame_equal(table, expected[table.columns])
+    with pytest.raises(InputError, match="1 repeated customer_id"):
+        knowledge.assemble(customer, feats, [pd.concat([segments, segments.iloc[:1]])])

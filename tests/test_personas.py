@@ -1,13 +1,19 @@
 """Tests of cvm.personas: a simulated mixture with three known personas (known truth), and hand-made profiles."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import adjusted_rand_score
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from cvm.errors import InputError
-from cvm.personas import choose_k, fit_personas, name_personas, persona_features, persona_table, profile
+from cvm.features import customer_features
+from cvm.personas import (choose_k, fit_personas, name_personas, persona_features, persona_table, profile,
+                          silhouettes)
 
 GROUPS = {  # frequency, mean order value, recency days, tenure days, discount share, online share
     "loyal": (20, 80.0, 10, 900, 0.05, 0.8),
@@ -139,3 +145,16 @@ def test_choose_k_and_fit_errors() -> None:
         choose_k(X, k_range=[1, 2])
     with pytest.raises(InputError, match="k must be"):
         fit_personas(X, 5)
+
+
+def test_silhouettes_equal_sklearn_on_the_demo(demo_dir: Path) -> None:
+    """The one-pass silhouettes of several labellings equal sklearn's silhouette_score of each, on the demo's persona
+    features (uneven last block, a singleton cluster included)."""
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW transactions AS SELECT * FROM read_parquet('{demo_dir / 'transactions.parquet'}')")
+    feats = customer_features(con, "2026-06-30")
+    X = persona_features(feats[feats["n_orders"] > 0]).to_numpy()[:2500]
+    labellings = [KMeans(k, n_init=1, random_state=0).fit_predict(X) for k in (2, 4, 7)]
+    labellings.append(np.where(np.arange(len(X)) == 5, 9, labellings[1]))          # customer 5 alone in cluster 9
+    expected = [silhouette_score(X, labels) for labels in labellings]
+    assert silhouettes(X, labellings, block_rows=256) == pytest.approx(expected, abs=1e-12)

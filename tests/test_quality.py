@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from cvm import quality
+from cvm.config import SourceConfig
 from cvm.errors import InputError
 from cvm.quality import validate
+from cvm.sources import load_source
 
 AS_OF = date(2025, 6, 30)
+DEMO_AS_OF = date(2026, 6, 30)
 
 
 def tx(**over) -> pd.DataFrame:
@@ -87,3 +93,48 @@ def test_ids_read_as_floats_lose_the_decimal() -> None:
                           "order_date": pd.to_datetime(["2025-01-01", "2025-01-02"]), "amount": [1.0, 2.0]})
     v = validate("transactions", frame, AS_OF)
     assert list(v.kept["customer_id"]) == ["12346", "12347"]
+
+
+def demo_lines_with_planted_problems(demo_dir: Path) -> pd.DataFrame:
+    """The demo's transactions plus exact duplicates, a -0.0/0.0 pair, missing values and padded or blank ids."""
+    lines = pd.read_parquet(demo_dir / "transactions.parquet")
+    zero = lines.iloc[[10, 10]].assign(amount=[0.0, -0.0])
+    missing = lines.iloc[[20, 20, 21]].assign(discount=np.nan, store_id=None)
+    padded = lines.iloc[[30, 31, 32]].assign(customer_id=[" C_pad ", "", "  "], product_id=["P1.0", "P2", None])
+    return pd.concat([lines, lines.iloc[[1, 2, 2, 500]], zero, missing, padded, lines.iloc[[30]]], ignore_index=True)
+
+
+def test_typed_parquet_validates_like_the_same_rows_as_text(demo_dir: Path, tmp_path: Path) -> None:
+    """Typed Parquet columns skip the text round trip: the same rows written as CSV (read as text, the general path)
+    give the same kept table, reasons and counts."""
+    lines = demo_lines_with_planted_problems(demo_dir)
+    lines.to_parquet(tmp_path / "tx.parquet")
+    lines.to_csv(tmp_path / "tx.csv", index=False)
+    typed, text = (validate("transactions", load_source(SourceConfig(table="transactions", path=tmp_path / name)),
+                            DEMO_AS_OF, cancellation_prefix="R") for name in ("tx.parquet", "tx.csv"))
+    pd.testing.assert_frame_equal(typed.kept, text.kept, check_exact=True)
+    assert typed.reasons == text.reasons and typed.reasons["duplicate order line"] == 7
+    assert (typed.coerced, typed.flagged, len(typed.rejected)) == (text.coerced, text.flagged, len(text.rejected))
+
+
+def test_duplicates_found_like_pandas(demo_dir: Path) -> None:
+    """Hash-then-compare finds exactly pandas' duplicated(keep='first'), NaN, missing and -0.0 included; a column
+    DuckDB cannot hash alike (objects) falls back to pandas."""
+    lines = demo_lines_with_planted_problems(demo_dir)
+    keys = list(lines.columns)
+    expected = lines.duplicated(keep="first").to_numpy()
+    assert expected.sum() == 7
+    assert (quality._duplicated(lines, keys) == expected).all()
+    mixed = lines.assign(note=pd.Series(["a", 1] * (len(lines) // 2) + ["a"] * (len(lines) % 2), dtype=object))
+    assert (quality._duplicated(mixed, keys + ["note"]) == mixed.duplicated(keep="first").to_numpy()).all()
+
+
+@pytest.mark.parametrize("selection", ["all", "all but a few", "a few", "none", "half at random"])
+def test_row_selection_is_loc(demo_dir: Path, selection: str) -> None:
+    """Slices for few runs of rows, a take otherwise: the same frame (values, dtypes, index) as frame.loc[mask]."""
+    lines = pd.read_parquet(demo_dir / "transactions.parquet").astype({"customer_id": "string"})
+    n = len(lines)
+    mask = {"all": np.ones(n, bool), "all but a few": ~np.isin(np.arange(n), [0, 7, 8, n - 1]),
+            "a few": np.isin(np.arange(n), [3, 4, 900]), "none": np.zeros(n, bool),
+            "half at random": np.random.default_rng(1).random(n) < 0.5}[selection]
+    pd.testing.assert_frame_equal(quality._rows(lines, mask), lines.loc[mask], check_exact=True)

@@ -19,11 +19,12 @@ import pandas as pd
 
 from cvm.config import read_yaml
 from cvm.errors import InputError
-from cvm.value import _connection, _to_date
+from cvm.value import _connection, _to_date, key_positions, rows_at
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "anomalies.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
              "!=": operator.ne}
+MAX_CHECKS = 62
 TYPES = {"outlier": {"column", "z", "quantile", "factor", "when"}, "threshold": {"when"},
          "pattern": {"columns", "pattern"}}
 
@@ -35,13 +36,12 @@ SQL = """
         SELECT customer_id, order_id, MIN(d) AS d, SUM(amount) AS net, SUM(units) AS units
         FROM lines GROUP BY customer_id, order_id
         HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
-    busiest AS (
-        SELECT customer_id, MAX(n) AS max_day_orders
-        FROM (SELECT customer_id, d, COUNT(*) AS n FROM orders GROUP BY customer_id, d) GROUP BY customer_id)
-    SELECT o.customer_id, COUNT(*) AS purchase_orders, MAX(o.net) AS max_order_value, AVG(o.units) AS mean_order_units,
-           ANY_VALUE(b.max_day_orders) AS max_day_orders
-    FROM orders o JOIN busiest b ON o.customer_id = b.customer_id
-    GROUP BY o.customer_id ORDER BY o.customer_id"""
+    per_day AS (
+        SELECT customer_id, COUNT(*) AS n, MAX(net) AS max_net, SUM(units) AS units, COUNT(units) AS n_units
+        FROM orders GROUP BY customer_id, d)
+    SELECT customer_id, SUM(n) AS purchase_orders, MAX(max_net) AS max_order_value,
+           SUM(units) / NULLIF(SUM(n_units), 0) AS mean_order_units, MAX(n) AS max_day_orders
+    FROM per_day GROUP BY customer_id ORDER BY customer_id"""
 
 
 @dataclass(frozen=True)
@@ -182,15 +182,17 @@ def flag_anomalies(features: pd.DataFrame, customers: pd.DataFrame | None = None
     rules = load_anomaly_rules() if rules is None else rules
     if id_col not in features:
         raise InputError(f"flag_anomalies: features lack '{id_col}'.")
+    if len(rules) > MAX_CHECKS:
+        raise InputError(f"flag_anomalies: {len(rules)} checks; at most {MAX_CHECKS} are supported.")
     frame = features.reset_index(drop=True)
     if customers is not None:
         if id_col not in customers:
             raise InputError(f"flag_anomalies: customers lack '{id_col}'.")
         extra = [c for c in customers.columns if c not in frame.columns]
-        frame = frame.merge(customers.drop_duplicates(id_col)[[id_col, *extra]], on=id_col, how="left")
+        frame = pd.concat([frame, rows_at(customers[extra], key_positions(frame[id_col], customers[id_col]))], axis=1)
     out = pd.DataFrame({id_col: frame[id_col]})
-    reasons = pd.Series("", index=frame.index, dtype="string")
-    any_flag = np.zeros(len(frame), dtype=bool)
+    fired = np.zeros(len(frame), dtype=np.int64)  # bit j: the j-th check that ran flags the customer
+    ran: list[str] = []
     for check in rules:
         if check.kind == "pattern":
             runnable = any(c in frame for c in check.params["columns"])
@@ -206,10 +208,12 @@ def flag_anomalies(features: pd.DataFrame, customers: pd.DataFrame | None = None
         else:
             mask = _pattern(frame, check)
         out[f"flag_{check.name}"] = pd.array(mask, dtype="boolean")
-        reasons = reasons.where(~mask, reasons + np.where(reasons == "", "", "; ") + check.reason)
-        any_flag |= mask
-    out.insert(1, "anomaly_flag", any_flag)
-    out.insert(2, "anomaly_reason", reasons)
+        fired |= mask.astype(np.int64) << len(ran)
+        ran.append(check.reason)
+    combo, combos = pd.factorize(fired)  # the reasons are joined once per distinct combination of checks
+    text = np.array(["; ".join(r for j, r in enumerate(ran) if c >> j & 1) for c in combos], dtype=object)
+    out.insert(1, "anomaly_flag", fired > 0)
+    out.insert(2, "anomaly_reason", pd.array(text[combo], dtype="string"))
     return out
 
 

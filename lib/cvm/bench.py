@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def load_rules(path: Path = RULES_PATH) -> dict[str, Any]:
 
 def _epoch(stamp: str) -> float:
     moment = datetime.fromisoformat(stamp)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def cell_times(nb: nbformat.NotebookNode, notebook: str, labels: dict[str, str]) -> pd.DataFrame:
@@ -442,7 +442,7 @@ def run_bench(sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 42, work: Path =
         raise InputError(f"bench: give one or more customer counts of at least 1 (got {list(sizes)}).")
     rules = rules or load_rules()
     result = BenchResult(machine(), [], check_targets([], rules.get("targets") or []),
-                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                         datetime.now(UTC).isoformat(timespec="seconds"))
     for n in sizes:
         size = bench_size(int(n), seed, work, config, keep, interval, rules)
         _add_scaling(size, result.sizes[-1] if result.sizes else None)

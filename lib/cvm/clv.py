@@ -11,7 +11,9 @@ units) and the date as_of + median; read it together with P(alive).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -25,11 +27,18 @@ from cvm.errors import InputError
 from cvm.features import TIME_UNIT_DAYS
 
 ArrayLike = np.ndarray | pd.Series | list[float]
-Terms = Callable[..., tuple[float, np.ndarray]]
+Evaluate = Callable[[np.ndarray, bool], tuple[float, np.ndarray, np.ndarray | None]]
 
 #: Above this many distinct rows the fit starts from a fit on a sample of WARM_SAMPLE customers.
 WARM_START_ROWS = 50_000
 WARM_SAMPLE = 20_000
+#: hyp2f1 on more values than this is computed in parallel chunks.
+PARALLEL_ABOVE = 100_000
+#: Bounds of the log-parameters for L-BFGS-B.
+BOUND = (-15.0, 15.0)
+#: Newton steps stop, and their result is kept, when the gradient of the mean LL over log-parameters is this small
+#: (a last Newton step then takes it to rounding level).
+NEWTON_GTOL = 1e-7
 
 
 @dataclass(frozen=True)
@@ -125,96 +134,132 @@ def _weights(weights: ArrayLike | None, n: int, what: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- optimiser
 
 
-def _minimise(neg_ll: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, scale: float
-              ) -> optimize.OptimizeResult:
-    """Minimise the mean negative LL over log-parameters with L-BFGS-B."""
-    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = neg_ll(theta)
-        if not np.isfinite(value):
-            return 1e300, np.zeros_like(theta)
-        return value / scale, grad / scale
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of a * b without BLAS (threaded BLAS dot products stall on busy machines; einsum stays in one thread)."""
+    return float(np.einsum("i,i->", a, b))
 
-    bounds = [(-15.0, 15.0)] * len(x0)
-    return optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+
+class _Objective:
+    """Mean negative log-likelihood over log-parameters theta with its gradient and Hessian, from an evaluator of
+    (LL, gradient, Hessian) in natural parameters. The last evaluations are cached: scipy asks for the value, the
+    gradient and the Hessian at the same point in separate calls."""
+
+    def __init__(self, evaluate: Evaluate, n: float) -> None:
+        self.evaluate, self.n = evaluate, n
+        self.cache: dict[tuple[bytes, bool], tuple] = {}
+
+    def natural(self, theta: np.ndarray, hessian: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """LL, gradient and Hessian (None unless asked for) in natural parameters at exp(theta)."""
+        key = (theta.tobytes(), hessian)
+        if not hessian and (theta.tobytes(), True) in self.cache:
+            return self.cache[theta.tobytes(), True]
+        if key not in self.cache:
+            if len(self.cache) > 4:
+                self.cache.clear()
+            with np.errstate(all="ignore"):
+                self.cache[key] = self.evaluate(np.exp(theta), hessian)
+        return self.cache[key]
+
+    def __call__(self, theta: np.ndarray, hessian: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Value, gradient and Hessian (None unless asked for) of the mean negative LL over theta."""
+        ll, grad, hess = self.natural(theta, hessian)
+        params = np.exp(theta)
+        value = -ll / self.n
+        if not np.isfinite(value):
+            return np.inf, np.zeros_like(theta), None if hess is None else np.eye(len(theta))
+        grad_theta = -grad * params / self.n
+        hess_theta = None if hess is None else -(hess * np.outer(params, params) + np.diag(grad * params)) / self.n
+        return value, grad_theta, hess_theta
+
+    def value_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Value and gradient for L-BFGS-B (a huge finite value where the LL is not finite)."""
+        value, grad, _ = self(theta, hessian=False)
+        return (1e300, grad) if not np.isfinite(value) else (value, grad)
+
+
+def _lbfgs(objective: _Objective, x0: np.ndarray) -> optimize.OptimizeResult:
+    """L-BFGS-B on log-parameters within BOUND: the fallback when Newton steps fail."""
+    return optimize.minimize(objective.value_grad, x0, jac=True, method="L-BFGS-B", bounds=[BOUND] * len(x0),
                              options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9})
 
 
-def _objective(terms: Terms, cols: list[np.ndarray], w: np.ndarray
-               ) -> tuple[Callable[[np.ndarray], tuple[float, np.ndarray]], Callable[[np.ndarray], np.ndarray]]:
-    """Negative LL and gradient over log-parameters, and the gradient over natural parameters, for a terms function
-    whose first data column is the frequency x (rows are sorted by x here)."""
-    order = np.argsort(cols[0], kind="stable")
-    cols, w = [c[order] for c in cols], w[order]
-    ux, ix = np.unique(cols[0], return_inverse=True)
-
-    def neg_ll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        params = np.exp(theta)
-        ll, grad = terms(params, *cols, w, ux, ix)
-        return -ll, -grad * params
-
-    return neg_ll, lambda params: -terms(params, *cols, w, ux, ix)[1]
+def _newton(objective: _Objective, x0: np.ndarray) -> optimize.OptimizeResult | None:
+    """Newton steps with the analytic Hessian in a trust region (trust-exact) on log-parameters; the result when they
+    reach a gradient below NEWTON_GTOL within BOUND, else None."""
+    res = optimize.minimize(lambda t: objective(t)[0], x0, method="trust-exact", jac=lambda t: objective(t)[1],
+                            hess=lambda t: objective(t)[2], options={"gtol": NEWTON_GTOL, "maxiter": 100})
+    value, grad, _ = objective(res.x, hessian=False)
+    return res if np.isfinite(value) and np.abs(res.x).max() <= BOUND[1] and np.abs(grad).max() <= NEWTON_GTOL \
+        else None
 
 
-def _hessian(grad_natural: Callable[[np.ndarray], np.ndarray], theta: np.ndarray) -> np.ndarray:
-    """Hessian of the negative LL in natural parameters by central differences of the analytic gradient."""
-    k = len(theta)
-    hess = np.empty((k, k))
-    for i in range(k):
-        h = 1e-5 * theta[i]
-        up, down = theta.copy(), theta.copy()
-        up[i] += h
-        down[i] -= h
-        hess[:, i] = (grad_natural(up) - grad_natural(down)) / (2 * h)
-    return (hess + hess.T) / 2
-
-
-def _fit_ml(terms: Terms, cols: list[np.ndarray], w: np.ndarray, x0: np.ndarray, names: list[str]
-            ) -> tuple[np.ndarray, float, dict[str, float], bool, int, str]:
-    """Maximum likelihood: L-BFGS-B on log-parameters, then one Newton polish step with the Hessian that also gives
-    the standard errors. Above WARM_START_ROWS distinct rows it starts from the fit on a seeded weighted sample of
-    WARM_SAMPLE customers (fewer passes over the full data; the optimum is the full-data MLE either way).
-    Returns estimates, LL, SEs, converged, iterations, message."""
-    if len(w) > WARM_START_ROWS:
-        pick = np.random.default_rng(0).choice(len(w), WARM_SAMPLE, p=w / w.sum())
-        sample_ll, _ = _objective(terms, [c[pick] for c in cols], np.ones(WARM_SAMPLE))
-        x0 = _minimise(sample_ll, x0, WARM_SAMPLE).x
-    neg_ll, grad_natural = _objective(terms, cols, w)
-    res = _minimise(neg_ll, x0, float(w.sum()))
-    est = np.exp(res.x)
-    ll = -neg_ll(res.x)[0]
+def _polish(objective: _Objective, theta: np.ndarray) -> np.ndarray:
+    """One plain Newton step from theta (the trust region stops where the value no longer resolves the last step):
+    the new point when its gradient is smaller."""
+    _, grad, hess = objective(theta)
     try:
-        cov = np.linalg.inv(_hessian(grad_natural, est))
+        new = theta - np.linalg.solve(hess, grad)
+    except np.linalg.LinAlgError:
+        return theta
+    if not np.all(np.isfinite(new)) or np.abs(new).max() > BOUND[1]:
+        return theta
+    value, new_grad, _ = objective(new)
+    return new if np.isfinite(value) and np.abs(new_grad).max() < np.abs(grad).max() else theta
+
+
+def _fit_ml(evaluate: Evaluate, sample: Evaluate | None, n: float, n_sample: float, x0: np.ndarray,
+            names: list[str]) -> tuple[np.ndarray, float, dict[str, float], bool, int, str]:
+    """Maximum likelihood by Newton steps with the analytic Hessian in a trust region on log-parameters, first on
+    `sample` (a seeded sample standing in for large data) when given, then on all the data, which takes a few passes
+    from there, and a last plain Newton step; bounded L-BFGS-B is the fallback should the Newton steps fail. SEs from
+    the inverse of the analytic Hessian. Returns estimates, LL, SEs, converged, iterations, message."""
+    objective = _Objective(evaluate, n)
+    start = x0
+    if sample is not None:
+        warm = _Objective(sample, n_sample)
+        start = (_newton(warm, x0) or _lbfgs(warm, x0)).x
+    res = _newton(objective, start)
+    message = f"Newton steps converged (gradient below {NEWTON_GTOL:g})"
+    if res is None:
+        res = _lbfgs(objective, start)
+        message = str(res.message)
+    theta = _polish(objective, res.x)
+    est = np.exp(theta)
+    ll, grad, hess = objective.natural(theta)
+    try:
+        cov = np.linalg.inv(-hess)
     except np.linalg.LinAlgError:
         cov = np.full((len(est), len(est)), np.nan)
-    step = cov @ grad_natural(est)
-    if np.isfinite(step).all() and np.all(step < est):
-        polished_ll = -neg_ll(np.log(est - step))[0]
-        if polished_ll >= ll:
-            est, ll = est - step, polished_ll
     variances = np.diag(cov)
     se = np.sqrt(np.where(variances > 0, variances, np.nan))
-    gradient = grad_natural(est) * est / w.sum()
-    converged = bool(np.max(np.abs(gradient)) < 1e-5 and np.isfinite(se).all())
-    return est, float(ll), dict(zip(names, se.tolist())), converged, int(res.nit), str(res.message)
+    converged = bool(np.max(np.abs(grad * est / n)) < 1e-5 and np.isfinite(se).all())
+    return est, float(ll), dict(zip(names, se.tolist())), converged, int(res.nit), message
+
+
+def _sample_rows(w: np.ndarray) -> np.ndarray | None:
+    """Rows of a seeded weighted sample of WARM_SAMPLE customers when there are more than WARM_START_ROWS distinct
+    rows, else None."""
+    if len(w) <= WARM_START_ROWS:
+        return None
+    return np.random.default_rng(0).choice(len(w), WARM_SAMPLE, p=w / w.sum())
 
 
 # ---------------------------------------------------------------------------------------------------- BG/NBD
 
 
 def _factorize_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact identical-row grouping: (index of one row per group, group of every row). Each column is factorised with
-    a 1-D sort and the codes combined into one int64 key, which is much faster than np.unique(axis=0)."""
+    """Exact identical-row grouping: (index of one row per group, group of every row), by hashing (pandas.factorize,
+    linear time) each column and then the combined integer codes."""
     key = np.zeros(len(cols[0]), dtype=np.int64)
-    size = 1
     for col in cols:
-        uniq, code = np.unique(col, return_inverse=True)
-        if size * len(uniq) >= 2**62:  # cannot happen below ~2 billion rows per column; fall back to the slow path
-            _, first, inverse = np.unique(np.column_stack(cols), axis=0, return_index=True, return_inverse=True)
-            return first, inverse.ravel()
-        key = key * len(uniq) + code.ravel()
-        size *= len(uniq)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return first, inverse.ravel()
+        code, uniq = pd.factorize(col)
+        if (int(key.max(initial=0)) + 1) * len(uniq) >= 2**62:  # cannot happen below ~2 billion rows; refactorize
+            key = pd.factorize(key)[0].astype(np.int64)
+        key = key * len(uniq) + code
+    inverse, uniq = pd.factorize(key)
+    first = np.empty(len(uniq), dtype=np.intp)
+    first[inverse] = np.arange(len(inverse))  # any row of a group will do: its rows are identical
+    return first, inverse
 
 
 def _collapse(*cols: np.ndarray, weights: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -225,73 +270,141 @@ def _collapse(*cols: np.ndarray, weights: np.ndarray) -> tuple[list[np.ndarray],
     return [col[first][keep] for col in cols], w[keep]
 
 
-def _bgnbd_terms(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray,
-                 ux: np.ndarray, ix: np.ndarray) -> tuple[float, np.ndarray]:
-    """Log-likelihood and gradient in natural parameters. Functions of x alone are computed once per distinct x and
-    their weighted sums taken with per-x totals (bincount), so the per-row work is a few logs and exps."""
-    r, alpha, a, b = params
-    rux = r + ux
-    pos = ux > 0
-    bx1 = np.where(pos, b + ux - 1, 1.0)
-    lg = special.gammaln(rux) - special.gammaln(r) + r * np.log(alpha)
-    beta0 = special.betaln(a, b)
-    b2 = special.betaln(a, b + ux) - beta0
-    b3 = np.where(pos, special.betaln(a + 1, bx1) - beta0, -np.inf)
-    dig_abx = special.digamma(a + b + ux)
-    dig_ab, dig_a, dig_b = special.digamma(a + b), special.digamma(a), special.digamma(b)
-    d_lg_r = special.digamma(rux) - special.digamma(r) + np.log(alpha)
-    d_b2_a = dig_ab - dig_abx
-    d_b2_b = special.digamma(b + ux) - dig_abx - dig_b + dig_ab
-    d_b3_a = special.digamma(a + 1) - dig_abx - dig_a + dig_ab
-    d_b3_b = np.where(pos, special.digamma(bx1) - dig_abx - dig_b + dig_ab, 0.0)
-    # rows are sorted by x (see _objective): the x = 0 rows come first and have no A3 term
-    n0 = int(np.searchsorted(x, 0.0, side="right"))
-    rx = r + x
-    inv_aT = 1 / (alpha + T)
-    log_aT = np.log(alpha + T)
-    xp, log_at = ix[n0:], np.log(alpha + t_x[n0:])
-    a2 = b2[xp] - rx[n0:] * log_aT[n0:]
-    a3 = b3[xp] - rx[n0:] * log_at
-    m = np.logaddexp(a2, a3)
-    ww3 = w[n0:] * np.exp(a3 - m)
-    ww2 = w.copy()
-    ww2[n0:] -= ww3
-    sw = np.bincount(ix, weights=w, minlength=len(ux))
-    s2 = np.bincount(ix, weights=ww2, minlength=len(ux))
-    s3 = np.bincount(xp, weights=ww3, minlength=len(ux))
-    ll = float(lg @ sw + b2[0] * w[:n0].sum() - (w[:n0] * r) @ log_aT[:n0] + w[n0:] @ m)
-    grad = np.array([
-        d_lg_r @ sw - ww2 @ log_aT - ww3 @ log_at,
-        r / alpha * sw.sum() - (ww2 * rx) @ inv_aT - (ww3 * rx[n0:]) @ (1 / (alpha + t_x[n0:])),
-        d_b2_a @ s2 + d_b3_a @ s3,
-        d_b2_b @ s2 + d_b3_b @ s3,
-    ])
-    return ll, grad
+@dataclass(frozen=True)
+class _BGNBDData:
+    """BG/NBD data arranged for fast likelihood passes: total weight per distinct x; weight and weighted x per
+    distinct T; and the repeat rows (x > 0), sorted by x, as indices into their distinct x, T and t_x values (logs are
+    taken once per distinct value), with the start of each x in the sorted rows and work buffers for the passes
+    (reused: allocating fresh arrays on every pass costs more than the arithmetic)."""
+
+    ux: np.ndarray
+    w_x: np.ndarray
+    u_T: np.ndarray
+    w_T: np.ndarray
+    xw_T: np.ndarray
+    x: np.ndarray
+    w: np.ndarray
+    i_x: np.ndarray
+    i_T: np.ndarray
+    u_t: np.ndarray
+    i_t: np.ndarray
+    rx_start: np.ndarray
+    rx: np.ndarray
+    work: np.ndarray
+
+    @classmethod
+    def build(cls, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray) -> _BGNBDData:
+        x_code, ux = pd.factorize(x, sort=True)
+        w_x = np.bincount(x_code, weights=w, minlength=len(ux))
+        T_code, u_T = pd.factorize(T)
+        w_T = np.bincount(T_code, weights=w, minlength=len(u_T))
+        xw_T = np.bincount(T_code, weights=w * x, minlength=len(u_T))
+        rep = np.flatnonzero(x > 0)
+        rep = rep[np.argsort(x_code[rep].astype(np.int16 if len(ux) < 2**15 else np.int64), kind="stable")]
+        t_code, u_t = pd.factorize(t_x[rep])
+        xr = x[rep]
+        rx_start = np.flatnonzero(np.r_[True, xr[1:] != xr[:-1]]) if len(xr) else np.zeros(0, dtype=np.intp)
+        i_x = np.repeat(np.arange(len(rx_start), dtype=np.int32), np.diff(np.r_[rx_start, len(xr)]))
+        return cls(ux, w_x, u_T, w_T, xw_T, xr, w[rep], i_x, T_code[rep].astype(np.int32), u_t,
+                   t_code.astype(np.int32), rx_start, xr[rx_start], np.empty((8, len(xr))))
+
+    def evaluate(self, params: np.ndarray, hessian: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Log-likelihood (FHL 2005 eq. 6), gradient and Hessian in natural parameters (r, alpha, a, b). Per customer
+        LL = f(x) - (r + x) log(alpha + T) + [x > 0] softplus(d), with f(x) = log G(r+x) - log G(r) + r log alpha +
+        log B(a, b+x) - log B(a, b) and d = log a - log(b + x - 1) + (r + x)(log(alpha + T) - log(alpha + t_x)),
+        the log-odds of the 'dropped out right after the last purchase' branch (its sigmoid s is that branch's
+        posterior weight). Derivatives of d: D = log(alpha+T) - log(alpha+t_x) for r, (r+x) E with
+        E = 1/(alpha+T) - 1/(alpha+t_x) for alpha, 1/a and -1/(b+x-1) for a and b."""
+        r, alpha, a, b = params
+        ux, w_x, w_T, rw_T = self.ux, self.w_x, self.w_T, r * self.w_T + self.xw_T
+        w_tot = w_x.sum()
+        f = (special.gammaln(r + ux) - special.gammaln(r) + r * np.log(alpha) + special.betaln(a, b + ux)
+             - special.betaln(a, b))
+        log_T, inv_T = np.log(alpha + self.u_T), 1 / (alpha + self.u_T)
+        log_t, inv_t = np.log(alpha + self.u_t), 1 / (alpha + self.u_t)
+        dig_abx, dig_ab = special.digamma(a + b + ux), special.digamma(a + b)
+        v = 1 / (b + self.rx - 1)
+        # per repeat row, in the work buffers (names say what each holds at that point)
+        D, rx, d, e, s, ws, E, G = self.work
+        np.take(log_T, self.i_T, out=D, mode="clip")
+        D -= np.take(log_t, self.i_t, out=E, mode="clip")
+        np.add(self.x, r, out=rx)
+        np.multiply(rx, D, out=d)
+        d += np.take(np.log(a) - np.log(b + self.rx - 1), self.i_x, out=E, mode="clip")
+        np.abs(d, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        np.log1p(e, out=s)
+        ll_softplus = _dot(self.w, s) + _dot(self.w, np.maximum(d, 0, out=ws))
+        np.add(e, 1, out=ws)
+        np.divide(1.0, ws, out=s)
+        np.multiply(s, e, out=s, where=d < 0)
+        np.multiply(self.w, s, out=ws)
+        np.take(inv_T, self.i_T, out=E, mode="clip")
+        np.take(inv_t, self.i_t, out=e, mode="clip")
+        np.subtract(E, e, out=G)
+        e += E  # 1/(alpha+T) + 1/(alpha+t_x)
+        np.copyto(E, G)  # 1/(alpha+T) - 1/(alpha+t_x)
+        G *= rx
+        ll = _dot(w_x, f) - _dot(log_T, rw_T) + ll_softplus
+        S = np.add.reduceat(ws, self.rx_start)
+        sum_ws = ws.sum()
+        grad = np.array([
+            _dot(w_x, special.digamma(r + ux) - special.digamma(r) + np.log(alpha)) - _dot(log_T, w_T) + _dot(ws, D),
+            r / alpha * w_tot - _dot(inv_T, rw_T) + _dot(ws, G),
+            _dot(w_x, dig_ab - dig_abx) + sum_ws / a,
+            _dot(w_x, special.digamma(b + ux) - dig_abx - special.digamma(b) + dig_ab) - _dot(v, S),
+        ])
+        if not hessian:
+            return ll, grad, None
+        h = np.empty((4, 4))
+        h[1, 1] = -_dot(np.multiply(np.multiply(ws, rx, out=rx), E, out=rx), e)  # sum w s (r+x) d2d/dalpha2
+        h[0, 1] = _dot(ws, E)
+        u = np.multiply(ws, np.subtract(1.0, s, out=s), out=s)
+        uD, uG = np.multiply(u, D, out=d), np.multiply(u, G, out=e)
+        U, UD, UG = (np.add.reduceat(q, self.rx_start) for q in (u, uD, uG))
+        tri_abx, tri_ab = special.polygamma(1, a + b + ux), special.polygamma(1, a + b)
+        h_ab = _dot(w_x, tri_ab - tri_abx)
+        h[0, 0] = _dot(w_x, special.polygamma(1, r + ux) - special.polygamma(1, r)) + _dot(uD, D)
+        h[0, 1] += w_tot / alpha - _dot(inv_T, w_T) + _dot(uD, G)
+        h[0, 2] = uD.sum() / a
+        h[0, 3] = -_dot(v, UD)
+        h[1, 1] += -r * w_tot / alpha**2 + _dot(inv_T**2, rw_T) + _dot(uG, G)
+        h[1, 2] = uG.sum() / a
+        h[1, 3] = -_dot(v, UG)
+        h[2, 2] = h_ab + (u.sum() - sum_ws) / a**2
+        h[2, 3] = h_ab - _dot(v, U) / a
+        h[3, 3] = (_dot(w_x, special.polygamma(1, b + ux) - tri_abx - special.polygamma(1, b) + tri_ab)
+                   + _dot(v**2, U + S))
+        return ll, grad, np.triu(h) + np.triu(h, 1).T
 
 
 def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | None = None) -> BGNBDFit:
-    """Maximum-likelihood BG/NBD fit (FHL 2005 eq. 6, log-sum-exp form, analytic gradient, identical rows collapsed)."""
+    """Maximum-likelihood BG/NBD fit (FHL 2005 eq. 6; analytic gradient and Hessian, identical rows collapsed)."""
     x, t_x, T = _arrays("fit_bgnbd", x=x, t_x=t_x, T=T)
     _check_btyd(x, t_x, T, "fit_bgnbd")
     if len(x) < 10 or (x > 0).sum() == 0:
         raise InputError(f"fit_bgnbd: {len(x)} customers, {int((x > 0).sum())} with repeat purchases; the model "
                          f"needs at least 10 customers and some repeat buyers.")
     w = _weights(weights, len(x), "fit_bgnbd")
-    cols, w = _collapse(x, t_x, T, weights=w)
-    x0 = np.log([1.0, max(float(np.average(cols[2], weights=w)) / 8, 1e-3), 1.0, 1.0])
-    est, ll, se, converged, nit, message = _fit_ml(_bgnbd_terms, cols, w, x0, ["r", "alpha", "a", "b"])
+    (x, t_x, T), w = _collapse(x, t_x, T, weights=w)
+    pick = _sample_rows(w)
+    sample = None if pick is None else _BGNBDData.build(x[pick], t_x[pick], T[pick], np.ones(len(pick))).evaluate
+    x0 = np.log([1.0, max(float(np.average(T, weights=w)) / 8, 1e-3), 1.0, 1.0])
+    est, ll, se, converged, nit, message = _fit_ml(_BGNBDData.build(x, t_x, T, w).evaluate, sample, float(w.sum()),
+                                                   WARM_SAMPLE, x0, ["r", "alpha", "a", "b"])
     return BGNBDFit(*map(float, est), log_likelihood=ll, se=se, converged=converged,
-                    n_customers=int(round(w.sum())), iterations=nit, n_unique=len(w), message=message)
+                    n_customers=round(w.sum()), iterations=nit, n_unique=len(w), message=message)
 
 
 def bgnbd_p_alive(fit: BGNBDFit, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> np.ndarray:
     """P(alive | x, t_x, T) (FHL 2005 eq. 11 of the technical note); 1 for customers with no repeat purchase."""
     x, t_x, T = _arrays("bgnbd_p_alive", x=x, t_x=t_x, T=T)
     pos = x > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_ratio = (np.log(fit.a) - np.log(np.where(pos, fit.b + x - 1, 1.0))
                      + (fit.r + x) * (np.log(fit.alpha + T) - np.log(fit.alpha + t_x)))
-    return np.where(pos, special.expit(-log_ratio), 1.0)
+        return np.where(pos, 1 / (1 + np.exp(log_ratio)), 1.0)
 
 
 def _beta_nodes(a: float, b: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +433,23 @@ def _alive_expectation_quadrature(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T
     return out
 
 
+def _hyp2f1(a: np.ndarray, b: np.ndarray, c: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """scipy.special.hyp2f1 on equal-length arrays, in one chunk per core above PARALLEL_ABOVE values (the ufunc
+    releases the GIL, and it is most of the cost of scoring CLV)."""
+    workers = min(os.cpu_count() or 1, 4)
+    if len(z) < PARALLEL_ABOVE or workers < 2:
+        return special.hyp2f1(a, b, c, z)
+    out = np.empty(len(z))
+    bounds = np.linspace(0, len(z), workers + 1).astype(int)
+
+    def chunk(lo: int, hi: int) -> None:
+        out[lo:hi] = special.hyp2f1(a[lo:hi], b[lo:hi], c[lo:hi], z[lo:hi])
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(chunk, bounds[:-1], bounds[1:]))
+    return out
+
+
 def _alive_expectation_unique(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
     """Expected purchases in (T, T+t] for a customer alive at T, via hyp2f1 (FHL 2005 eq. 10 without the P(alive)
     factor), with a quadrature fallback where hyp2f1 fails or a is near 1."""
@@ -327,7 +457,7 @@ def _alive_expectation_unique(fit: BGNBDFit, t: np.ndarray, x: np.ndarray, T: np
     if abs(a - 1) < 1e-3:
         return _alive_expectation_quadrature(fit, t, x, T)
     with np.errstate(all="ignore"):
-        h = special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
+        h = _hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
         log_pow = (r + x) * (np.log(alpha + T) - np.log(alpha + T + t))
         val = (a + b + x - 1) / (a - 1) * (1 - np.exp(log_pow) * h)
     # sanity bounds: 0 <= E <= E[Poisson count with posterior-mean rate] (an upper bound: dropout only lowers it)
@@ -379,23 +509,55 @@ def bgnbd_next_purchase(fit: BGNBDFit, x: ArrayLike, T: ArrayLike, as_of: str | 
 # ---------------------------------------------------------------------------------------------------- Gamma-Gamma
 
 
-def _gg_terms(params: np.ndarray, x: np.ndarray, z: np.ndarray, log_z: np.ndarray, w: np.ndarray, ux: np.ndarray,
-              ix: np.ndarray) -> tuple[float, np.ndarray]:
-    """Gamma-Gamma log-likelihood and gradient in natural parameters; terms of x alone computed once per distinct x."""
-    p, q, g = params
-    pux = p * ux
-    dig = special.digamma(pux + q)
-    lg = special.gammaln(pux + q) - special.gammaln(pux) - special.gammaln(q) + q * np.log(g) + pux * np.log(ux)
-    d_p = ux * (dig - special.digamma(pux) + np.log(ux))
-    d_q = dig - special.digamma(q) + np.log(g)
-    sw = np.bincount(ix, weights=w, minlength=len(ux))
-    px = p * x
-    gxz = g + x * z
-    log_gxz = np.log(gxz)
-    ll = lg @ sw + w @ ((px - 1) * log_z - (px + q) * log_gxz)
-    grad = np.array([d_p @ sw + (w * x) @ (log_z - log_gxz), d_q @ sw - w @ log_gxz,
-                     q / g * sw.sum() - w @ ((px + q) / gxz)])
-    return float(ll), grad
+@dataclass(frozen=True)
+class _GGData:
+    """Gamma-Gamma data arranged for fast likelihood passes: total weight per distinct x, the sums of w x log z and
+    w log z (constant in the parameters), and per row the weights w, w x and x z."""
+
+    ux: np.ndarray
+    w_x: np.ndarray
+    wx_log_z: float
+    w_log_z: float
+    w: np.ndarray
+    wx: np.ndarray
+    xz: np.ndarray
+
+    @classmethod
+    def build(cls, x: np.ndarray, z: np.ndarray, w: np.ndarray) -> _GGData:
+        x_code, ux = pd.factorize(x)
+        log_z, wx = np.log(z), w * x
+        return cls(ux, np.bincount(x_code, weights=w, minlength=len(ux)), _dot(wx, log_z), _dot(w, log_z), w, wx,
+                   x * z)
+
+    def evaluate(self, params: np.ndarray, hessian: bool = True) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Log-likelihood (Fader & Hardie note 025), gradient and Hessian in natural parameters (p, q, gamma): per
+        customer log G(px+q) - log G(px) - log G(q) + q log gamma + px log x + (px-1) log z - (px+q) log(gamma + xz)."""
+        p, q, g = params
+        ux, w_x = self.ux, self.w_x
+        pux = p * ux
+        log_gxz = np.log(g + self.xz)
+        inv = 1 / (g + self.xz)
+        sum_wx_log, sum_w_log = _dot(self.wx, log_gxz), _dot(self.w, log_gxz)
+        sum_wx_inv, sum_w_inv = _dot(self.wx, inv), _dot(self.w, inv)
+        w_tot = w_x.sum()
+        dig = special.digamma(pux + q)
+        ll = (_dot(w_x, special.gammaln(pux + q) - special.gammaln(pux) - special.gammaln(q) + q * np.log(g)
+                   + pux * np.log(ux)) + p * self.wx_log_z - self.w_log_z - p * sum_wx_log - q * sum_w_log)
+        grad = np.array([_dot(w_x, ux * (dig - special.digamma(pux) + np.log(ux))) + self.wx_log_z - sum_wx_log,
+                         _dot(w_x, dig - special.digamma(q) + np.log(g)) - sum_w_log,
+                         q / g * w_tot - p * sum_wx_inv - q * sum_w_inv])
+        if not hessian:
+            return float(ll), grad, None
+        tri = special.polygamma(1, pux + q)
+        inv2 = inv * inv
+        h_pq = _dot(w_x, ux * tri)
+        h_pg = -sum_wx_inv
+        h_qg = w_tot / g - sum_w_inv
+        hess = np.array([
+            [_dot(w_x, ux**2 * (tri - special.polygamma(1, pux))), h_pq, h_pg],
+            [h_pq, _dot(w_x, tri - special.polygamma(1, q)), h_qg],
+            [h_pg, h_qg, -q * w_tot / g**2 + p * _dot(self.wx, inv2) + q * _dot(self.w, inv2)]])
+        return float(ll), grad, hess
 
 
 def _gg_inputs(frequency: ArrayLike, mean_value: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -419,11 +581,13 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike, weights: ArrayL
     x, z, w = x[use], z[use], w[use]
     if len(x) < 10:
         raise InputError(f"fit_gamma_gamma: only {len(x)} customers with repeat purchases; need at least 10.")
-    cols, w = _collapse(x, z, weights=w)
-    x0 = np.log([1.0, 1.0, float(np.average(cols[1], weights=w))])
-    est, ll, se, converged, nit, message = _fit_ml(_gg_terms, [*cols, np.log(cols[1])], w, x0, ["p", "q", "gamma"])
+    pick = _sample_rows(w)
+    sample = None if pick is None else _GGData.build(x[pick], z[pick], np.ones(len(pick))).evaluate
+    x0 = np.log([1.0, 1.0, float(np.average(z, weights=w))])
+    est, ll, se, converged, nit, message = _fit_ml(_GGData.build(x, z, w).evaluate, sample, float(w.sum()),
+                                                   WARM_SAMPLE, x0, ["p", "q", "gamma"])
     return GammaGammaFit(*map(float, est), log_likelihood=ll, se=se, converged=converged,
-                         n_customers=int(round(w.sum())), iterations=nit, message=message)
+                         n_customers=round(w.sum()), iterations=nit, message=message)
 
 
 def gg_expected_order_value(fit: GammaGammaFit, frequency: ArrayLike, mean_value: ArrayLike) -> np.ndarray:

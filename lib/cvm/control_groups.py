@@ -116,10 +116,13 @@ def assign_control(plan: pd.DataFrame, strata: Sequence[str], control_share: flo
     missing = [c for c in (customer_col, by, *strata) if c not in plan.columns]
     if missing:
         raise InputError(f"plan: column(s) {missing} missing; they are needed to stratify the control group.")
-    units = plan.drop_duplicates([by, customer_col])
+    unit_of_row = plan.groupby([by, customer_col], sort=False, dropna=False).ngroup().to_numpy()
+    units = plan.iloc[np.unique(unit_of_row, return_index=True)[1]]   # first row of each unit, in plan order
     by_codes, by_values = pd.factorize(units[by], use_na_sentinel=False)
     cell_cols = [by_codes] + [pd.factorize(units[s].astype("string"), use_na_sentinel=False)[0] for s in strata]
-    cell = pd.factorize(pd.MultiIndex.from_arrays(cell_cols) if strata else pd.Index(by_codes))[0]
+    cell = np.zeros(len(units), dtype=np.int64)     # one code per (arm, stratum levels), in order of appearance
+    for codes in cell_cols:
+        cell = pd.factorize(cell * (int(codes.max(initial=0)) + 1) + codes)[0]
     cell_n = np.bincount(cell)
     cell_by = np.zeros(len(cell_n), dtype=np.int64)
     cell_by[cell] = by_codes
@@ -129,10 +132,8 @@ def assign_control(plan: pd.DataFrame, strata: Sequence[str], control_share: flo
     first = np.searchsorted(cell[order], np.arange(len(cell_n)))
     rank = np.empty(len(units), dtype=np.int64)
     rank[order] = np.arange(len(units)) - first[cell[order]]
-    groups = pd.Series(np.where(rank < quota[cell], "control", "treatment"),
-                       index=pd.MultiIndex.from_frame(units[[by, customer_col]]))
     out = plan.copy()
-    out[group_col] = groups.reindex(pd.MultiIndex.from_frame(plan[[by, customer_col]])).to_numpy()
+    out[group_col] = np.where(rank < quota[cell], "control", "treatment").astype(object)[unit_of_row]
     return out
 
 

@@ -9,13 +9,14 @@ Methods, in one line each:
 - conversion lift: Newcomb hybrid-score interval for the difference, log interval (0.5 added to the counts) for the
   ratio, Miettinen-Nurminen score test (statsmodels), Holm adjustment across arms;
 - revenue per customer: Welch interval and a seeded percentile bootstrap that resamples zeros and buyers exactly
-  (a resample of n values with k buyers has Binomial(n, k/n) buyers), optional CUPED on a pre-period covariate;
+  (a resample of n values with k buyers has Binomial(n, k/n) buyers; revenue and margins share the resampled
+  customers), optional CUPED on a pre-period covariate;
 - sequential weekly looks: Lan-DeMets alpha spending with the O'Brien-Fleming-type function;
 - shrunk feedback for next time: beta-binomial empirical Bayes per campaign type (method of moments).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,8 +38,8 @@ from statsmodels.stats.proportion import (
 from cvm.errors import InputError
 
 RULES_PATH = Path(__file__).parent / "rules" / "recommendations.yaml"
-#: rows per chunk of bootstrap draws (bounds the memory of one chunk to about 32 MB)
-_BOOT_CHUNK = 4_000_000
+#: resampled rows per chunk of bootstrap draws: 1 MB of indices stays in the CPU cache between drawing and summing
+_BOOT_CHUNK = 131_072
 #: grid points per stage of the Lan-DeMets recursive integration
 _GRID = 801
 
@@ -142,32 +143,66 @@ def welch_diff_ci(mean_t: Any, var_t: Any, n_t: Any, mean_c: Any, var_c: Any, n_
             np.where(zero, np.where(diff == 0, 1.0, 0.0), p))
 
 
-def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """`n_boot` bootstrap means of `values`, vectorised and exact, cheap for mostly-zero (mostly-constant) data.
+def _mode(column: np.ndarray) -> float:
+    """The most frequent value (the smallest among ties), by hashing rather than sorting."""
+    counts = pd.Series(column).value_counts(sort=False)
+    return float(counts.index[counts.to_numpy() == counts.max()].min())
 
-    With v0 the most frequent value and k values different from it, a resample of n values holds Binomial(n, k/n)
-    values other than v0, each drawn uniformly from those k; only they are drawn, so the cost is n_boot x k, not
-    n_boot x n (spend: v0 = 0; net margin of treated non-buyers: v0 = minus the contact cost).
+
+def _affine_in_first(others: np.ndarray) -> dict[int, tuple[float, float]]:
+    """Columns j > 0 of `others` that equal a * column 0 + c on every row (to rounding): {j: (a, c)}."""
+    design = np.c_[others[:, 0], np.ones(len(others))]
+    found = {}
+    for j in range(1, others.shape[1]):
+        (a, c), *_ = np.linalg.lstsq(design, others[:, j], rcond=None)
+        if np.allclose(a * others[:, 0] + c, others[:, j], rtol=1e-12, atol=1e-12 * np.abs(others[:, j]).max()):
+            found[j] = (float(a), float(c))
+    return found
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_boot` bootstrap means of `values` (1-D), or of each column of an (n x p) array with the rows resampled
+    jointly (then n_boot x p); seeded, vectorised and exact, cheap for mostly-constant data.
+
+    With v0 the row of the columns' most frequent values and k rows different from it, a resample of n rows holds
+    Binomial(n, k/n) rows other than v0, each drawn uniformly from those k; only they are drawn, so the cost is about
+    n_boot x k, not n_boot x n (spend: v0 = 0; net margin of treated non-buyers: v0 = minus the contact cost).
+    A column that is an affine function of the first one on those k rows (margin of revenue at a fixed discount)
+    takes its resample sums from the first column's.
     """
     values = np.asarray(values, dtype=float)
-    n = len(values)
+    matrix = values.reshape(len(values), -1)
+    n, width = matrix.shape
     if n == 0:
-        return np.full(n_boot, np.nan)
-    levels, counts_of = np.unique(values, return_counts=True)
-    v0 = levels[np.argmax(counts_of)]
-    others = values[values != v0] - v0
-    if len(others) == 0:
-        return np.full(n_boot, v0)
-    counts = rng.binomial(n, len(others) / n, size=n_boot)
-    width = max(int(counts.max()), 1)
-    sums = np.empty(n_boot)
-    step = max(1, _BOOT_CHUNK // width)
-    for start in range(0, n_boot, step):
-        m = counts[start:start + step]
-        draws = others[rng.integers(0, len(others), size=(len(m), width))]
-        draws[np.arange(width)[None, :] >= m[:, None]] = 0.0
-        sums[start:start + step] = draws.sum(axis=1)
-    return v0 + sums / n
+        return np.full((n_boot, width) if values.ndim > 1 else n_boot, np.nan)
+    base = np.array([_mode(matrix[:, j]) for j in range(width)])
+    others = matrix[(matrix != base).any(axis=1)] - base
+    sums = np.zeros((n_boot, width))
+    if len(others):
+        derived = _affine_in_first(others) if width > 1 else {}
+        drawn_cols = [j for j in range(width) if j not in derived]
+        columns = [np.ascontiguousarray(others[:, j]) for j in drawn_cols]
+        counts = rng.binomial(n, len(others) / n, size=n_boot)
+        step = max(1, _BOOT_CHUNK // max(1, int(counts.max())))
+        buffer = np.empty(step * max(1, int(counts.max())) + 1)
+        for start in range(0, n_boot, step):
+            m = counts[start:start + step]
+            idx = rng.integers(0, len(others), size=int(m.sum()))
+            starts = np.cumsum(m) - m
+            drawn = buffer[:len(idx) + 1]
+            drawn[-1] = 0.0  # a trailing 0 keeps every start a valid reduceat index
+            for j, column in zip(drawn_cols, columns):
+                np.take(column, idx, out=drawn[:-1], mode="clip")  # idx is in range; "clip" avoids a copy
+                sums[start:start + step, j] = np.where(m > 0, np.add.reduceat(drawn, starts), 0.0)
+        for j, (a, c) in derived.items():
+            sums[:, j] = a * sums[:, 0] + c * counts
+    means = base + sums / n
+    return means if values.ndim > 1 else means[:, 0]
+
+
+def _percentile_interval(diffs: np.ndarray, alpha: float) -> np.ndarray:
+    """Percentile interval of bootstrap differences: [low, high] (per column for 2-D)."""
+    return np.quantile(diffs, [alpha / 2, 1 - alpha / 2], axis=0)
 
 
 def bootstrap_diff_ci(y_t: np.ndarray, y_c: np.ndarray, n_boot: int = 2000, alpha: float = 0.05,
@@ -179,8 +214,7 @@ def bootstrap_diff_ci(y_t: np.ndarray, y_c: np.ndarray, n_boot: int = 2000, alph
     estimate and the acceleration. Welch covered 95% in both cases.
     """
     rng = rng if rng is not None else np.random.default_rng(seed)
-    diffs = bootstrap_means(y_t, n_boot, rng) - bootstrap_means(y_c, n_boot, rng)
-    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    low, high = _percentile_interval(bootstrap_means(y_t, n_boot, rng) - bootstrap_means(y_c, n_boot, rng), alpha)
     return float(low), float(high)
 
 
@@ -267,32 +301,41 @@ def _control_keys(by: Sequence[str], arm_col: str, control_match: Sequence[str] 
     return list(control_match) if control_match is not None else [c for c in by if c != arm_col]
 
 
-def _split(contacts: pd.DataFrame, by: Sequence[str], group_col: str, arm_col: str,
-           control_match: Sequence[str] | None, treatment: str, control: str, campaign_col: str = "campaign_id"
-           ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Treated rows, control rows and the columns a treated cell is matched to its control on (never empty)."""
+def _treated_rows(contacts: pd.DataFrame, by: Sequence[str], group_col: str, arm_col: str,
+                  control_match: Sequence[str] | None, treatment: str, control: str, campaign_col: str = "campaign_id"
+                  ) -> tuple[np.ndarray, list[str]]:
+    """Which rows are treated (every other row is a control) and the columns a treated cell is matched to its
+    control on (empty: all controls match); checks that both groups are there, in every campaign."""
     _need_columns(contacts, list(by) + [group_col])
     groups = _groups(contacts, group_col, treatment, control)
     keys = _control_keys(by, arm_col, control_match)
     if set(keys) - set(by):
         raise InputError(f"control_match {keys} must be among the by columns {list(by)}.")
-    treated = contacts[(groups == treatment).to_numpy()]
-    controls = contacts[(groups == control).to_numpy()]
-    if treated.empty or controls.empty:
-        raise InputError(f"contacts: {len(treated):,} treated and {len(controls):,} control rows; both groups are "
+    is_t = (groups == treatment).to_numpy(dtype=bool)
+    n_t = int(is_t.sum())
+    if n_t == 0 or n_t == len(is_t):
+        raise InputError(f"contacts: {n_t:,} treated and {len(is_t) - n_t:,} control rows; both groups are "
                          "needed. Check the group column mapping.")
     if campaign_col in contacts.columns:
-        orphans = sorted(set(treated[campaign_col].astype("string")) - set(controls[campaign_col].astype("string")))
+        codes, campaigns = pd.factorize(contacts[campaign_col].astype("string"))
+        treated_in, control_in = (np.bincount(codes[rows & (codes >= 0)], minlength=len(campaigns)) > 0
+                                  for rows in (is_t, ~is_t))
+        orphans = sorted(campaigns[treated_in & ~control_in])
         if orphans:
             raise InputError(f"contacts: campaign(s) {orphans[:5]} have treated rows but no control rows; every "
                              "campaign needs a randomised control group (or drop it from the measurement).")
+    return is_t, keys
+
+
+def _split(contacts: pd.DataFrame, by: Sequence[str], group_col: str, arm_col: str,
+           control_match: Sequence[str] | None, treatment: str, control: str, campaign_col: str = "campaign_id"
+           ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Treated rows, control rows and the columns a treated cell is matched to its control on (never empty)."""
+    is_t, keys = _treated_rows(contacts, by, group_col, arm_col, control_match, treatment, control, campaign_col)
+    treated, controls = contacts[is_t], contacts[~is_t]
     if not keys:
         treated, controls, keys = treated.assign(_all=0), controls.assign(_all=0), ["_all"]
     return treated, controls, keys
-
-
-def _tuple_keys(indices: Mapping[Any, np.ndarray]) -> dict[tuple, np.ndarray]:
-    return {k if isinstance(k, tuple) else (k,): v for k, v in indices.items()}
 
 
 def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str | None = None, *,
@@ -309,44 +352,41 @@ def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str 
     customer, difference with Welch and percentile-bootstrap CIs, CUPED on `pre_period` when given. Totals:
     incremental = per-customer difference x n_treated, intervals scaled the same way (`revenue_ci` picks which
     interval: Welch by default, it covered best in the zero-inflated simulations, see `bootstrap_diff_ci`).
-    With `economics`: incremental gross margin and net margin after discounts and contact costs.
+    With `economics`: incremental gross margin and net margin after discounts and contact costs; the bootstrap
+    resamples the customers of a cell once for revenue and both margins (`bootstrap_means` on the columns).
     Cells without any matching control row get NaN statistics and n_control = 0.
     """
-    treated, controls, keys = _split(contacts, by, group_col, arm_col, control_match, treatment, control,
-                                     campaign_col)
+    is_t, keys = _treated_rows(contacts, by, group_col, arm_col, control_match, treatment, control, campaign_col)
     by = list(by)
     if economics is not None and outcome_value is None:
         raise InputError("arm_results: economics needs outcome_value (the revenue column).")
-    frame = pd.concat([treated, controls])
-    is_t = np.r_[np.ones(len(treated), bool), np.zeros(len(controls), bool)]
-    work = pd.DataFrame({k: frame[k].to_numpy() for k in dict.fromkeys(by + keys)})
-    work["_t"] = is_t
-    work["b"] = _binary(frame, outcome_binary)
-    value_cols: list[str] = []
+    cells = contacts[list(dict.fromkeys(by + keys))].reset_index(drop=True)
+    if not keys:
+        cells, keys = cells.assign(_all=0), ["_all"]
+    converted = _binary(contacts, outcome_binary)
+    values: dict[str, np.ndarray] = {}
     if outcome_value is not None:
-        work["y"] = _numeric(frame, outcome_value)
-        value_cols.append("y")
+        values["y"] = _numeric(contacts, outcome_value)
         if economics is not None:
-            econ = economics.per_customer(frame, is_t, work["b"].to_numpy(), work["y"].to_numpy())
-            work["gm"] = econ["_gross_margin"].to_numpy()
-            work["net"] = econ["_net"].to_numpy()
-            value_cols += ["gm", "net"]
-    pre = _numeric(frame, pre_period) if pre_period is not None and value_cols else None
+            econ = economics.per_customer(contacts, is_t, converted, values["y"])
+            values["gm"] = econ["_gross_margin"].to_numpy()
+            values["net"] = econ["_net"].to_numpy()
+    pre = _numeric(contacts, pre_period) if pre_period is not None and values else None
 
-    t_groups = _tuple_keys(work[is_t].groupby(by, sort=True, dropna=False).indices)
-    c_groups = _tuple_keys(work[~is_t].groupby(keys, sort=False, dropna=False).indices)
-    t_pos, c_pos = np.flatnonzero(is_t), np.flatnonzero(~is_t)
+    cells = cells.assign(_t=is_t)  # grouping the whole frame with the group flag as a key: no copies of rows
+    t_groups = {k[:-1]: v for k, v in cells.groupby(by + ["_t"], sort=True, dropna=False).indices.items() if k[-1]}
+    c_groups = {k[:-1]: v for k, v in cells.groupby(keys + ["_t"], sort=False, dropna=False).indices.items()
+                if not k[-1]}
     rng = np.random.default_rng(seed)
     rows = []
-    for key, idx in t_groups.items():
+    for key, ti in t_groups.items():
         row = dict(zip(by, key))
-        ti = t_pos[idx]
         ckey = tuple(row.get(k, 0) for k in keys)
-        ci = c_pos[c_groups[ckey]] if ckey in c_groups else np.array([], dtype=int)
-        row.update(n_treated=len(ti), n_control=len(ci), conversions_treated=work["b"].to_numpy()[ti].sum(),
-                   conversions_control=work["b"].to_numpy()[ci].sum())
-        for col in value_cols:
-            y = work[col].to_numpy()
+        ci = c_groups.get(ckey, np.array([], dtype=int))
+        row.update(n_treated=len(ti), n_control=len(ci), conversions_treated=converted[ti].sum(),
+                   conversions_control=converted[ci].sum())
+        per_group: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for col, y in values.items():
             yt, yc = y[ti], y[ci]
             if pre is not None:
                 both = np.r_[ti, ci]
@@ -358,14 +398,17 @@ def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str 
                         f"{col}_mean_c": yc.mean() if len(yc) else np.nan,
                         f"{col}_var_t": yt.var(ddof=1) if len(yt) > 1 else np.nan,
                         f"{col}_var_c": yc.var(ddof=1) if len(yc) > 1 else np.nan})
-            if n_boot > 0 and len(yc) and len(yt):
-                low, high = bootstrap_diff_ci(yt, yc, n_boot, alpha, rng)
-            else:
-                low = high = np.nan
-            row.update({f"{col}_boot_low": low, f"{col}_boot_high": high})
+            per_group[col] = yt, yc
+        bounds = np.full((2, len(values)), np.nan)
+        if values and n_boot > 0 and len(ci):
+            boot_t = bootstrap_means(np.column_stack([t for t, _ in per_group.values()]), n_boot, rng)
+            boot_c = bootstrap_means(np.column_stack([c for _, c in per_group.values()]), n_boot, rng)
+            bounds = _percentile_interval(boot_t - boot_c, alpha)
+        for j, col in enumerate(values):
+            row.update({f"{col}_boot_low": bounds[0, j], f"{col}_boot_high": bounds[1, j]})
         rows.append(row)
     raw = pd.DataFrame(rows)
-    return _finish(raw, by, campaign_col, value_cols, alpha, revenue_ci, holm_scope, pre is not None)
+    return _finish(raw, by, campaign_col, list(values), alpha, revenue_ci, holm_scope, pre is not None)
 
 
 def _finish(raw: pd.DataFrame, by: list[str], campaign_col: str, value_cols: list[str], alpha: float,
@@ -513,32 +556,45 @@ def srm_table(contacts: pd.DataFrame, planned_shares: Mapping[str, float], *, by
 
 
 def balance_table(contacts: pd.DataFrame, covariates: Sequence[str], group_col: str = "group", *,
-                  treatment: str = "treatment", control: str = "control", smd_flag: float | None = None
-                  ) -> pd.DataFrame:
+                  treatment: str = "treatment", control: str = "control", smd_flag: float | None = None,
+                  by: Sequence[str] = ()) -> pd.DataFrame:
     """Standardised mean differences treated vs control, (mean_t - mean_c) / sqrt((var_t + var_c) / 2).
 
-    Numeric covariates as they are, categorical ones one row per level (share of the level). `flag` marks
-    |SMD| > smd_flag (default from the rules file, 0.1).
+    Numeric covariates as they are, categorical ones one row per level (share of the level, levels in order of
+    appearance). `flag` marks |SMD| > smd_flag (default from the rules file, 0.1). With `by` (e.g. campaign_id): the
+    rows of each cell (sorted), led by the `by` columns and the cell's n_treated and n_control.
     """
-    _need_columns(contacts, list(covariates))
+    _need_columns(contacts, [*covariates, *by])
     groups = _groups(contacts, group_col, treatment, control)
     limit = load_rules()["smd_flag_above"] if smd_flag is None else smd_flag
-    rows = []
+    is_t = (groups == treatment).to_numpy(dtype=bool)
+    values = {}  # covariate -> (numbers, None) or (level codes, level names); computed once for all cells
     for cov in covariates:
         col = contacts[cov]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            parts = {cov: col.astype(float)}
+            values[cov] = (col.to_numpy(dtype=float, na_value=np.nan), None)
         else:
-            parts = {f"{cov}={lvl}": (col.astype("string") == lvl).astype(float).fillna(0.0)
-                     for lvl in col.astype("string").dropna().unique()}
-        for name, x in parts.items():
-            xt, xc = x[(groups == treatment).to_numpy()], x[(groups == control).to_numpy()]
-            pooled = np.sqrt((xt.var() + xc.var()) / 2)
-            diff = xt.mean() - xc.mean()
-            smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
-            rows.append({"covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(), "smd": smd,
-                         "flag": bool(abs(smd) > limit)})
-    return pd.DataFrame(rows)
+            values[cov] = pd.factorize(col.astype("string"))
+    cells = (contacts.groupby(list(by), sort=True, dropna=False).indices if by
+             else {(): np.arange(len(contacts))})
+    rows = []
+    for key, pos in cells.items():
+        head = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        t = is_t[pos]
+        head.update(n_treated=int(t.sum()), n_control=int((~t).sum()))
+        for cov, (x, levels) in values.items():
+            sub = x[pos]
+            parts = ({cov: sub} if levels is None else
+                     {f"{cov}={levels[i]}": (sub == i).astype(float) for i in pd.unique(sub[sub >= 0])})
+            for name, part in parts.items():
+                xt, xc = pd.Series(part[t]), pd.Series(part[~t])
+                pooled = np.sqrt((xt.var() + xc.var()) / 2)
+                diff = xt.mean() - xc.mean()
+                smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
+                rows.append({**head, "covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(),
+                             "smd": smd, "flag": bool(abs(smd) > limit)})
+    cell_columns = [*by, "n_treated", "n_control"] if by else []
+    return pd.DataFrame(rows, columns=[*cell_columns, "covariate", "mean_treated", "mean_control", "smd", "flag"])
 
 
 # ---------------------------------------------------------------------------------------------------------- power
@@ -572,7 +628,7 @@ def additional_contacts_needed(row: Mapping[str, Any] | pd.Series, mde_rel: floa
 
     Uses n_treated, n_control and conversion_rate_control from an `arm_results` row; keeps the current split.
     """
-    rules = load_rules()
+    rules = load_rules() if None in (mde_rel, alpha, power) else {}
     mde_rel = rules["mde_rel"] if mde_rel is None else mde_rel
     p_c = float(row["conversion_rate_control"])
     n_t, n_c = int(row["n_treated"]), int(row["n_control"])
@@ -617,15 +673,15 @@ def sequential_bounds(info_fractions: Sequence[float], alpha: float = 0.05, side
             continue
         sd = np.sqrt(tk - t_prev)
         if grid is None:
-            def exit_prob(b: float) -> float:
+            def exit_prob(b: float, tk: float = tk) -> float:
                 return (2 if sides == 2 else 1) * stats.norm.sf(b / np.sqrt(tk))
         else:
-            def exit_prob(b: float) -> float:
+            def exit_prob(b: float, grid: np.ndarray = grid, sd: float = sd, density: np.ndarray = density) -> float:
                 tail = stats.norm.sf((b - grid) / sd)
                 if sides == 2:
                     tail = tail + stats.norm.cdf((-b - grid) / sd)
                 return float(np.sum(density * tail))
-        b = optimize.brentq(lambda x: exit_prob(x) - inc, 1e-9, 12 * np.sqrt(tk), xtol=1e-12)
+        b = optimize.brentq(lambda x, inc=inc: exit_prob(x) - inc, 1e-9, 12 * np.sqrt(tk), xtol=1e-12)
         bounds[k] = b / np.sqrt(tk)
         lower = -b if sides == 2 else -12 * np.sqrt(tk)
         new_grid = np.linspace(lower, b, _GRID)
@@ -647,6 +703,20 @@ def _simpson_weights(grid: np.ndarray) -> np.ndarray:
     return w * h / 3
 
 
+def per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """`transform` of each value, worked out once per distinct value (contacts repeat a few dates, groups and
+    campaigns over millions of rows); missing values stay missing."""
+    codes, distinct = pd.factorize(values)
+    return transform(pd.Series(distinct)).reindex(codes).set_axis(values.index)
+
+
+def period_bound(dates: pd.Series, freq: str = "W-SUN", edge: Literal["start", "end"] = "start") -> pd.Series:
+    """First day (`edge` "start") or last day ("end", at midnight) of the `freq` period of each date."""
+    if edge == "start":
+        return per_distinct(dates, lambda d: d.dt.to_period(freq).dt.start_time)
+    return per_distinct(dates, lambda d: d.dt.to_period(freq).dt.end_time.dt.normalize())
+
+
 def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date | str, planned_n_treated: int,
                        planned_n_control: int, *, by: Sequence[str] = ("campaign_id", "arm"),
                        date_col: str = "contact_date", freq: str = "W-SUN", alpha: float = 0.05,
@@ -665,8 +735,10 @@ def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date 
         raise InputError(f"contacts: column '{date_col}' has {int(dates.isna().sum()):,} empty or unreadable dates; "
                          "fix them or drop those rows before monitoring.")
     keep = (dates <= pd.Timestamp(as_of)).to_numpy()
-    data = contacts[keep].copy()
-    data["_week"] = dates[keep].dt.to_period(freq).dt.end_time.dt.normalize()
+    used = list(dict.fromkeys([*by, *(control_match or ()), group_col, outcome_binary]))
+    _need_columns(contacts, used)
+    data = contacts[used] if keep.all() else contacts.loc[keep, used]
+    data = data.assign(_week=period_bound(dates[keep], freq, "end"))
     treated, controls, keys = _split(data, by, group_col, arm_col, control_match, treatment, control)
     by = list(by)
     tb = treated.assign(_b=_binary(treated, outcome_binary)).groupby(by + ["_week"])["_b"].agg(["size", "sum"])
@@ -770,12 +842,31 @@ def _beta_binomial_fit(x: np.ndarray, n: np.ndarray, max_strength: float) -> tup
     return float(special.expit(fit.x[0])), float(np.exp(fit.x[1]))
 
 
+def cell_counts(contacts: pd.DataFrame, outcome_binary: str, by: Sequence[str], *, group_col: str = "group",
+                treatment: str = "treatment", control: str = "control") -> pd.DataFrame:
+    """Contacts and conversions per cell of `by` and group: the `by` columns, `treated` (bool), `n`, `conversions`."""
+    by = list(by)
+    _need_columns(contacts, by + [outcome_binary])
+    groups = _groups(contacts, group_col, treatment, control)
+    data = contacts[by].assign(_b=_binary(contacts, outcome_binary), treated=(groups == treatment).to_numpy(bool))
+    return data.groupby(by + ["treated"], dropna=False)["_b"].agg(n="size", conversions="sum").reset_index()
+
+
 def feedback_priors(contacts: pd.DataFrame, outcome_binary: str, *,
                     by: Sequence[str] = ("segment", "campaign_type", "discount_pct"),
                     shrink_to: Sequence[str] = ("campaign_type",), group_col: str = "group",
                     treatment: str = "treatment", control: str = "control",
                     max_prior_strength: float = 1e6) -> pd.DataFrame:
-    """Observed and shrunk treated/control rates and uplift per cell, as priors for the next personalisation run.
+    """Observed and shrunk treated/control rates and uplift per cell, as priors for the next personalisation run:
+    `priors_from_counts` on the contacts' `cell_counts`."""
+    counts = cell_counts(contacts, outcome_binary, by, group_col=group_col, treatment=treatment, control=control)
+    return priors_from_counts(counts, by, shrink_to=shrink_to, max_prior_strength=max_prior_strength)
+
+
+def priors_from_counts(counts: pd.DataFrame, by: Sequence[str], *, shrink_to: Sequence[str] = ("campaign_type",),
+                       max_prior_strength: float = 1e6) -> pd.DataFrame:
+    """Observed and shrunk treated/control rates and uplift per cell of `by` from `cell_counts` rows (rows of the
+    same cell and group are added up).
 
     Beta-binomial empirical Bayes: within each `shrink_to` cell (default campaign type) the treated and the control
     rates of the `by` cells are modelled as Beta(mu * s, (1 - mu) * s), mu and the prior strength s fitted by maximum
@@ -786,16 +877,14 @@ def feedback_priors(contacts: pd.DataFrame, outcome_binary: str, *,
     by, shrink_to = list(by), list(shrink_to)
     if not set(shrink_to) <= set(by):
         raise InputError(f"feedback_priors: shrink_to {shrink_to} must be among by {by}.")
-    _need_columns(contacts, by + [outcome_binary])
-    groups = _groups(contacts, group_col, treatment, control)
-    data = contacts[by].copy()
-    data["_b"] = _binary(contacts, outcome_binary)
-    data["_t"] = (groups == treatment).to_numpy()
-    cells = data.groupby(by + ["_t"], dropna=False)["_b"].agg(["size", "sum"]).unstack("_t", fill_value=0)
+    _need_columns(counts, by + ["treated", "n", "conversions"], table="cell counts")
+    cells = counts.groupby(by + ["treated"], dropna=False)[["n", "conversions"]].sum().unstack("treated",
+                                                                                             fill_value=0)
     out = pd.DataFrame(index=cells.index)
     for flag, name in ((True, "treated"), (False, "control")):
-        n = cells[("size", flag)].astype(float) if ("size", flag) in cells else pd.Series(0.0, index=cells.index)
-        x = cells[("sum", flag)].astype(float) if ("sum", flag) in cells else pd.Series(0.0, index=cells.index)
+        n = cells[("n", flag)].astype(float) if ("n", flag) in cells else pd.Series(0.0, index=cells.index)
+        x = (cells[("conversions", flag)].astype(float) if ("conversions", flag) in cells
+             else pd.Series(0.0, index=cells.index))
         out[f"n_{name}"], out[f"conversions_{name}"] = n.astype(int), x
         out[f"rate_{name}_raw"] = (x / n).where(n > 0)
         prior_mean = pd.Series(np.nan, index=cells.index)

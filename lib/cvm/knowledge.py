@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cvm import anomalies, churn, clv, customer_db, features as feat, lifecycle, personas, rfm
+from cvm import anomalies, churn, clv, customer_db, lifecycle, personas, rfm
+from cvm import features as feat
 from cvm.config import RunConfig
 from cvm.engine import DuckDBEngine, Engine, spark_engine
 from cvm.errors import InputError
+from cvm.value import isin_keys, key_positions, repeated_keys, rows_at
 
 #: columns every later step relies on, in this order (then consents and descriptive attributes)
 KNOWLEDGE_COLUMNS = ["customer_id", "recency_days", "frequency", "monetary", "n_orders", "last_purchase", "r_score",
@@ -43,7 +45,7 @@ def modelled(features: pd.DataFrame, excluded: pd.Series | None = None) -> pd.Da
     """Customers the models learn from: with a purchase (finite x, T > 0) and not flagged as anomalies."""
     use = features["x"].notna() & (features["T"] > 0)
     if excluded is not None:
-        use &= ~features["customer_id"].isin(excluded)
+        use &= ~isin_keys(features["customer_id"], excluded)
     return features.loc[use]
 
 
@@ -165,17 +167,23 @@ def clv_sentence(scores: pd.DataFrame, horizon_months: int) -> str:
 
 def assemble(customer: pd.DataFrame, features: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
     """`customer_knowledge`: one row per customer of the customer view, every model's columns joined on customer_id,
-    then consents and descriptive attributes carried from the customer table."""
-    base = customer[["customer_id"]].drop_duplicates()
+    then consents and descriptive attributes carried from the customer table (left joins on a unique key, matched
+    through Arrow, `cvm.value.key_positions`)."""
+    ids = customer["customer_id"].drop_duplicates().reset_index(drop=True)
     cols = {"recency_days": "recency_days", "frequency": "frequency", "monetary_total": "monetary",
             "n_orders": "n_orders", "last_purchase": "last_purchase"}
-    out = base.merge(features[["customer_id", *cols]].rename(columns=cols), on="customer_id", how="left")
-    for part in parts:
-        out = out.merge(part, on="customer_id", how="left")
+    carried = [c for c in CARRIED if c in customer.columns]
+    blocks = [ids.to_frame()]
+    for part in [features[["customer_id", *cols]].rename(columns=cols), *parts]:
+        repeated = repeated_keys(part["customer_id"])
+        if repeated:
+            raise InputError(f"assemble: {repeated} repeated customer_id in the part with columns "
+                             f"{list(part.columns[1:])}; give one row per customer.")
+        blocks.append(rows_at(part.drop(columns="customer_id"), key_positions(ids, part["customer_id"])))
+    blocks.append(rows_at(customer[carried], key_positions(ids, customer["customer_id"])))  # first row per customer
+    out = pd.concat(blocks, axis=1)
     out["anomaly_flag"] = out["anomaly_flag"].fillna(False).astype(bool)
     out["rfm_segment"] = out["rfm_segment"].fillna(NO_PURCHASE)
-    carried = [c for c in CARRIED if c in customer.columns]
-    out = out.merge(customer[["customer_id", *carried]], on="customer_id", how="left")
     first = [c for c in KNOWLEDGE_COLUMNS if c in out.columns]
     return out[first + [c for c in out.columns if c not in first]]
 
@@ -223,8 +231,11 @@ def plot_clv_by_segment(values: pd.DataFrame, scores: rfm.RFMResult, segments: p
     """Total expected value per RFM segment: where the future money is."""
     import matplotlib.pyplot as plt
 
-    seg = pd.DataFrame({"customer_id": scores.scores["customer_id"].to_numpy(), "segment": segments.astype(str).array})
-    frame = values.merge(seg, on="customer_id").groupby("segment")["clv"].agg(["sum", "mean", "size"])
+    pos = key_positions(values["customer_id"], scores.scores["customer_id"])  # an inner join on the customer id
+    found = pos >= 0
+    segment = pd.Categorical(segments.astype(str).to_numpy()[pos[found]])
+    frame = values["clv"][found].groupby(segment, observed=True).agg(["sum", "mean", "size"])
+    frame.index = frame.index.astype(str)
     frame = frame.sort_values("sum")
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(frame) + 1.5))
     ax.barh(frame.index, frame["sum"], color=[colours.get(s, "#4C72B0") for s in frame.index])
@@ -246,13 +257,13 @@ def save(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, out_dir: Path) -> 
 def example_ids(table: pd.DataFrame, n: int = 3) -> list[str]:
     """Customers worth a card when none are named: the highest CLV, a high churn risk and a new customer."""
     picks = []
-    table = table[~table["anomaly_flag"]]
-    ranked = table.dropna(subset=["clv"]).sort_values("clv", ascending=False)
+    table = table.loc[~table["anomaly_flag"], ["customer_id", "clv", "churn_risk", "n_orders", "recency_days"]]
+    ranked = table["clv"].dropna().sort_values(ascending=False)
     if len(ranked):
-        picks.append(ranked["customer_id"].iloc[0])
-    risky = table[(table["clv"] > table["clv"].median())].sort_values("churn_risk", ascending=False)
+        picks.append(table.at[ranked.index[0], "customer_id"])
+    risky = table.loc[table["clv"] > table["clv"].median(), "churn_risk"].sort_values(ascending=False)
     if len(risky):
-        picks.append(risky["customer_id"].iloc[0])
+        picks.append(table.at[risky.index[0], "customer_id"])
     newest = table.dropna(subset=["recency_days"]).sort_values(["n_orders", "recency_days"])
     if len(newest):
         picks.append(newest["customer_id"].iloc[0])
@@ -278,7 +289,8 @@ def flag_customers(con: duckdb.DuckDBPyConnection, as_of: str | date, feats: pd.
                    customer: pd.DataFrame) -> pd.DataFrame:
     """Anomaly flags with the order-level inputs joined to the features (cvm.anomalies rules)."""
     inputs = anomalies.anomaly_inputs(con, as_of)
-    return anomalies.flag_anomalies(feats.merge(inputs, on="customer_id", how="left"), customer)
+    joined = rows_at(inputs.drop(columns="customer_id"), key_positions(feats["customer_id"], inputs["customer_id"]))
+    return anomalies.flag_anomalies(pd.concat([feats.reset_index(drop=True), joined], axis=1), customer)
 
 
 def anomaly_sentence(flags: pd.DataFrame) -> str:
@@ -310,17 +322,17 @@ def churn_scores(con: duckdb.DuckDBPyConnection | Engine, as_of: str | date, fea
                  values: pd.DataFrame, excluded: pd.Series, seed: int, horizon_days: int = 180) -> ChurnResult:
     """Churn = no purchase in the next `horizon_days`. A classifier trained on the period before as_of − horizon
     (label: bought again in the following horizon or not) when history allows; else 1 − P(alive)."""
-    base = feats[["customer_id"]].merge(values[["customer_id", "p_alive"]], on="customer_id", how="left")
-    fallback = churn.churn_risk_from_p_alive(base["p_alive"].fillna(0.0)).to_numpy()
     cal_end = (pd.Timestamp(as_of) - pd.Timedelta(days=horizon_days)).date()
-    cal = feat.customer_features(con, cal_end)
-    cal = cal[(cal["n_orders"] > 0) & ~cal["customer_id"].isin(excluded)]
+    cal = feat.customer_features(con, cal_end, top_categories=0)  # the classifier uses no category or channel mix
+    cal = cal[(cal["n_orders"] > 0) & ~isin_keys(cal["customer_id"], excluded)]
     first = pd.Timestamp(feats["first_purchase"].min()).date() if len(feats) else cal_end
     holdout = feat.holdout_purchases(con, cal_end, as_of)
-    churned = ~cal["customer_id"].isin(holdout.loc[holdout["holdout_purchases"] > 0, "customer_id"])
+    churned = ~isin_keys(cal["customer_id"], holdout.loc[holdout["holdout_purchases"] > 0, "customer_id"])
     check = churn.enough_history((cal_end - first).days, horizon_days, churned)
     if not check:
-        frame = pd.DataFrame({"customer_id": base["customer_id"], "churn_risk": fallback.astype("float32"),
+        p_alive = rows_at(values[["p_alive"]], key_positions(feats["customer_id"], values["customer_id"]))["p_alive"]
+        frame = pd.DataFrame({"customer_id": feats["customer_id"].to_numpy(),
+                              "churn_risk": churn.churn_risk_from_p_alive(p_alive.fillna(0.0)).to_numpy("float32"),
                               "churn_source": "1 - P(alive)"})
         return ChurnResult(frame, f"Churn risk = 1 − P(alive) from the CLV model: {check.reason}", None, None)
     cols = [c for c in CHURN_FEATURES if c in cal.columns and cal[c].nunique() > 1]  # informative columns only
@@ -371,7 +383,7 @@ class Personas:
 def find_personas(feats: pd.DataFrame, customer: pd.DataFrame, k: int, sample_size: int, seed: int,
                   excluded: pd.Series) -> Personas:
     """Cluster the modelled customers (k chosen on a sample when k = 0) and name each cluster from its profile."""
-    use = feats[(feats["n_orders"] > 0) & ~feats["customer_id"].isin(excluded)].reset_index(drop=True)
+    use = feats[(feats["n_orders"] > 0) & ~isin_keys(feats["customer_id"], excluded)].reset_index(drop=True)
     X = personas.persona_features(use, customer)
     choice = personas.choose_k(X, sample_size=sample_size, seed=seed) if not k else None
     chosen = int(choice.loc[choice["chosen"], "k"].iloc[0]) if choice is not None else k
@@ -399,7 +411,7 @@ def persona_sentence(found: Personas) -> str:
 def persona_profile(feats: pd.DataFrame, found: Personas, customer: pd.DataFrame, predictions: pd.DataFrame
                     ) -> pd.DataFrame:
     """Each persona's descriptive, behavioural and predictive keys side by side (cvm.personas.persona_table)."""
-    use = feats[feats["customer_id"].isin(found.labels["customer_id"])]
+    use = feats[isin_keys(feats["customer_id"], found.labels["customer_id"])]
     return personas.persona_table(use, found.model.labels, found.names, customer, predictions)
 
 
@@ -501,15 +513,17 @@ def _campaigns_received(con: duckdb.DuckDBPyConnection, tables: set[str], cid: s
 def write_customer_cards(table: pd.DataFrame, con: duckdb.DuckDBPyConnection, out_dir: Path,
                          ids: list[str]) -> list[Path]:
     """Write `<out_dir>/cards/customer_<id>.html` for each id (an unknown id is an error naming it)."""
-    unknown = sorted(set(map(str, ids)) - set(table["customer_id"].astype(str)))
+    wanted = pd.Series([str(cid) for cid in ids], dtype="str")
+    rows = key_positions(wanted, table["customer_id"].astype("str"))
+    unknown = sorted(set(wanted[rows < 0]))
     if unknown:
         raise InputError(f"customer_card_ids: {len(unknown)} id(s) not in the customer table, e.g. {unknown[:3]}.")
     folder = Path(out_dir) / "cards"
     folder.mkdir(parents=True, exist_ok=True)
     tables = set(con.execute("SHOW TABLES").df()["name"])
     paths = []
-    for cid in ids:
-        row = table.loc[table["customer_id"].astype(str) == str(cid)].iloc[0]
+    for cid, at in zip(ids, rows):
+        row = table.iloc[at]
         history = con.execute(
             "SELECT CAST(order_date AS DATE) AS date, order_id, SUM(amount) AS net_amount, COUNT(*) AS lines "
             "FROM transactions WHERE customer_id = ? GROUP BY 1, 2 ORDER BY 1 DESC LIMIT 12", [str(cid)]).df() \

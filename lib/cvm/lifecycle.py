@@ -34,16 +34,14 @@ SQL = """
         SELECT customer_id, d FROM lines GROUP BY customer_id, d
         HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
     gaps AS (
-        SELECT customer_id, d,
-               date_diff('day', LAG(d) OVER (PARTITION BY customer_id ORDER BY d), d) AS gap,
-               ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY d DESC) AS rn_desc
-        FROM days),
+        SELECT customer_id, d, date_diff('day', LAG(d) OVER w, d) AS gap, LEAD(d) OVER w IS NULL AS is_last
+        FROM days WINDOW w AS (PARTITION BY customer_id ORDER BY d)),
     agg AS (
         SELECT customer_id, MIN(d) AS first_purchase, MAX(d) AS last_purchase, COUNT(*) AS n_purchase_days,
-               MAX(CASE WHEN rn_desc = 1 THEN gap END) AS last_gap_days,
+               MAX(CASE WHEN is_last THEN gap END) AS last_gap_days,
                MAX(gap) AS max_gap_days,
                MEDIAN(gap) AS typical_gap_days,
-               MEDIAN(CASE WHEN rn_desc > 1 THEN gap END) AS prior_typical_gap_days
+               MEDIAN(CASE WHEN NOT is_last THEN gap END) AS prior_typical_gap_days
         FROM gaps GROUP BY customer_id)
     SELECT c.customer_id, a.* EXCLUDE (customer_id)
     FROM custs c LEFT JOIN agg a ON c.customer_id = a.customer_id

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.config import read_yaml
+from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.errors import InputError
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
@@ -184,18 +184,24 @@ def build_candidates(customers: pd.DataFrame, offers: Sequence[Offer], contact_d
     if customer_col not in customers.columns:
         raise InputError(f"customers: column '{customer_col}' is missing; it identifies the customer.")
     dates = [pd.Timestamp(d) for d in contact_dates]
+    ids = customers[customer_col].array
     parts = []
     for offer in offers:
-        ids = customers[customer_col].to_numpy()[eligibility_mask(customers, offer)]
+        eligible = np.flatnonzero(eligibility_mask(customers, offer))
+        # one row per eligible customer x channel x discount level (customers outermost, discounts innermost)
+        channels = np.repeat(np.array(offer.channels, dtype=object), len(offer.discount_levels))
+        arm = np.tile(np.arange(len(channels)), len(eligible))
+        columns = {customer_col: ids.take(np.repeat(eligible, len(channels))),
+                   "channel": pd.array(channels, dtype="str").take(arm),
+                   "discount_pct": np.tile(np.array(offer.discount_levels, dtype=float), len(offer.channels))[arm],
+                   "cost": np.array([offer.cost_per_contact[c] for c in channels], dtype=float)[arm]}
         for day in dates:
-            if not offer.valid_on(day) or not len(ids):
+            if not offer.valid_on(day) or not len(eligible):
                 continue
-            grid = pd.MultiIndex.from_product([ids, offer.channels, offer.discount_levels],
-                                              names=[customer_col, "channel", "discount_pct"]).to_frame(index=False)
+            grid = pd.DataFrame(columns)
             grid["offer_id"] = offer.offer_id
             grid["campaign_type"] = offer.campaign_type
             grid["contact_date"] = day
-            grid["cost"] = grid["channel"].map(offer.cost_per_contact).astype(float)
             grid["margin_pct"] = offer.margin_pct
             parts.append(grid)
     columns = [customer_col, "offer_id", "campaign_type", "channel", "discount_pct", "contact_date", "cost",

@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cvm import assignment, control_groups, customer_db, features as feat, knowledge, offers as off, policy as pol
-from cvm import cards, uplift
+from cvm import assignment, cards, control_groups, customer_db, knowledge, uplift
+from cvm import features as feat
+from cvm import offers as off
+from cvm import policy as pol
 from cvm.errors import InputError
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
@@ -39,6 +41,11 @@ OFFER_FEATURES = ("type", "channel", "discount_pct")
 MODEL_FEATURES = (*BEHAVIOUR, *OFFER_FEATURES)
 #: more discount never lowers the response (also true of the negative uplifts of 'do not disturb' customers)
 MONOTONE = {"discount_pct": 1}
+#: the residual learner fits on at most this many treated contacts (a seeded random subset beyond): its cost is
+#: linear in the rows (about 9 us per row and boosting iteration on one core, ~20 s for the 2.4M treated contacts of
+#: a 1M-customer history), and on the 200k demo a 20 % subset plans as well as all rows (true margin within the
+#: sample-to-sample spread)
+MAX_FIT_ROWS = 500_000
 #: covariates of the balance table
 BALANCE = ("recency_days", "n_orders", "monetary", "clv", "p_alive", "rfm_segment")
 Z95 = 1.959964
@@ -97,31 +104,91 @@ def launch_dates(as_of: str | pd.Timestamp, dates: str | Sequence[str] | None, n
     return out
 
 
-def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, at: Sequence[pd.Timestamp] | None,
-                 bgnbd: Any, window_days: int) -> pd.DataFrame:
-    """Behaviour features of every customer as seen on each date of `at` (None: as_of), one row per (customer, at):
-    days_since_last, purchase_days, days_since_first, avg_order_value (net per order), and from the BG/NBD fit
-    alive_prob and p_buy_window (expected purchases in the next `window_days`, the attribution window). The fit's
-    population parameters are the as_of ones; each customer's history is cut at the day before `at`."""
-    as_of = pd.Timestamp(as_of)
-    parts = []
-    for day in (at if at is not None else [as_of]):
-        day = pd.Timestamp(day).normalize()
-        cal = None if day >= as_of else (day - pd.Timedelta(days=1)).date().isoformat()
-        f = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W", calibration_end=cal)
-        ok = f["x"].notna() & (f["T"] > 0)
-        x, t_x, big_t = (f.loc[ok, c].to_numpy() for c in ("x", "t_x", "T"))
-        p_alive = np.full(len(f), np.nan)
-        p_buy = np.full(len(f), np.nan)
-        p_alive[ok.to_numpy()] = knowledge.clv.bgnbd_p_alive(bgnbd, x, t_x, big_t)
-        p_buy[ok.to_numpy()] = knowledge.clv.bgnbd_expected_purchases(bgnbd, window_days / 7.0, x, t_x, big_t)
-        parts.append(pd.DataFrame({"customer_id": f["customer_id"], "at": day,
-                                   "days_since_last": f["recency_days"].astype(float),
-                                   "purchase_days": f["n_purchase_days"].astype(float),
-                                   "days_since_first": f["tenure_days"].astype(float),
-                                   "avg_order_value": f["monetary_mean"].astype(float),
-                                   "alive_prob": p_alive, "p_buy_window": p_buy}))
-    return pd.concat(parts, ignore_index=True)
+#: Per (customer_id, end_day) of the registered `_pairs` table, the customer's transactions up to end_day summed as
+#: `cvm.features` defines them (purchase days; purchase orders: net >= 0 with a non-return line, counted on the lines
+#: up to end_day, so an order returned later is still a purchase before its return). One pass: per customer and day the
+#: net amount, whether it is a purchase day and the change in purchase orders; running sums by day; an ASOF join picks
+#: each pair's last day <= end_day (pairs whose customer has no line by then are left out). DuckDB SQL (ASOF JOIN): it
+#: reads the run database's `transactions`.
+PAIR_STATE_SQL = """
+    WITH pairs AS (SELECT customer_id, "at", CAST(end_day AS DATE) AS end_day FROM _pairs),
+    lines AS (
+        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount
+        FROM transactions
+        WHERE CAST(order_date AS DATE) <= DATE '{end}' AND customer_id IN (SELECT customer_id FROM pairs)),
+    order_days AS (
+        SELECT customer_id, order_id, d, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+        FROM lines GROUP BY customer_id, order_id, d),
+    order_change AS (
+        SELECT customer_id, d, net, has_buy,
+               CASE WHEN SUM(net) OVER upto >= 0 AND MAX(has_buy) OVER upto = 1 THEN 1 ELSE 0 END
+               - CASE WHEN SUM(net) OVER before >= 0 AND MAX(has_buy) OVER before = 1 THEN 1 ELSE 0 END AS change
+        FROM order_days
+        WINDOW upto AS (PARTITION BY customer_id, order_id ORDER BY d ROWS UNBOUNDED PRECEDING),
+               before AS (PARTITION BY customer_id, order_id ORDER BY d
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
+    days AS (
+        SELECT customer_id, d, SUM(net) AS net, SUM(change) AS order_change,
+               CASE WHEN SUM(net) >= 0 AND MAX(has_buy) = 1 THEN 1 ELSE 0 END AS purchase_day
+        FROM order_change GROUP BY customer_id, d),
+    state AS (
+        SELECT customer_id, d, SUM(net) OVER w AS monetary_total, CAST(SUM(order_change) OVER w AS BIGINT) AS n_orders,
+               CAST(SUM(purchase_day) OVER w AS BIGINT) AS n_purchase_days,
+               MIN(CASE WHEN purchase_day = 1 THEN d END) OVER w AS first_purchase,
+               MAX(CASE WHEN purchase_day = 1 THEN d END) OVER w AS last_purchase
+        FROM days WINDOW w AS (PARTITION BY customer_id ORDER BY d ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
+    SELECT p.customer_id, p."at", p.end_day, s.monetary_total, s.n_orders, s.n_purchase_days, s.first_purchase,
+           s.last_purchase
+    FROM pairs p ASOF JOIN state s ON p.customer_id = s.customer_id AND s.d <= p.end_day"""
+
+
+def behaviour(features: pd.DataFrame, bgnbd: Any, window_days: int) -> pd.DataFrame:
+    """The model's behaviour columns (same index) from per-customer features named as `cvm.features` names them
+    (recency_days, n_purchase_days, tenure_days, monetary_mean, x, t_x, T in weeks): days_since_last, purchase_days,
+    days_since_first, avg_order_value (net per order), and from the BG/NBD fit alive_prob and p_buy_window (expected
+    purchases in the next `window_days`, the attribution window); NaN for customers without a purchase."""
+    ok = (features["x"].notna() & (features["T"] > 0)).to_numpy()
+    x, t_x, big_t = (features[c].to_numpy(dtype=float)[ok] for c in ("x", "t_x", "T"))
+    p_alive = np.full(len(features), np.nan)
+    p_buy = np.full(len(features), np.nan)
+    p_alive[ok] = knowledge.clv.bgnbd_p_alive(bgnbd, x, t_x, big_t)
+    p_buy[ok] = knowledge.clv.bgnbd_expected_purchases(bgnbd, window_days / 7.0, x, t_x, big_t)
+    return pd.DataFrame({"days_since_last": features["recency_days"].to_numpy(dtype=float),
+                         "purchase_days": features["n_purchase_days"].to_numpy(dtype=float),
+                         "days_since_first": features["tenure_days"].to_numpy(dtype=float),
+                         "avg_order_value": features["monetary_mean"].to_numpy(dtype=float),
+                         "alive_prob": p_alive, "p_buy_window": p_buy}, index=features.index)
+
+
+def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, pairs: pd.DataFrame, bgnbd: Any,
+                 window_days: int) -> pd.DataFrame:
+    """`behaviour` of each distinct (customer_id, at) pair of `pairs`, the customer as seen on the day before `at` (on
+    as_of when `at` is not before it): customer_id, at and the BEHAVIOUR columns, with the fit's population
+    parameters (the as_of ones). Pairs whose customer has no transaction by then are left out. Equals
+    `features.customer_features(..., calibration_end=day before at)` per date, in one DuckDB query."""
+    as_of = pd.Timestamp(as_of).normalize()
+    keys = pairs[["customer_id", "at"]].drop_duplicates()
+    at = pd.to_datetime(keys["at"]).dt.normalize()
+    end = (at - pd.Timedelta(days=1)).where(at < as_of, as_of)
+    con.register("_pairs", pd.DataFrame({"customer_id": keys["customer_id"].to_numpy(), "at": at.to_numpy(),
+                                         "end_day": end.to_numpy()}))
+    try:
+        state = con.execute(PAIR_STATE_SQL.format(end=end.max().date().isoformat() if len(end) else as_of.date())
+                            ).df()
+    finally:
+        con.unregister("_pairs")
+    day = np.timedelta64(1, "D")
+    end_day, first, last = (pd.to_datetime(state[c]) for c in ("end_day", "first_purchase", "last_purchase"))
+    n_days = state["n_purchase_days"].fillna(0).astype("int64")
+    n_orders = state["n_orders"].fillna(0).to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n_orders > 0, state["monetary_total"].to_numpy(dtype=float) / n_orders, np.nan)
+    unit = feat.TIME_UNIT_DAYS["W"]
+    features = pd.DataFrame({"recency_days": (end_day - last) / day, "n_purchase_days": n_days,
+                             "tenure_days": (end_day - first) / day, "monetary_mean": mean,
+                             "x": (n_days - 1).where(n_days > 0).astype("float64"),
+                             "t_x": (last - first) / day / unit, "T": (end_day - first) / day / unit})
+    return pd.concat([state[["customer_id", "at"]], behaviour(features, bgnbd, window_days)], axis=1)
 
 
 def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_path: str | Path,
@@ -137,9 +204,8 @@ def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_pa
     excluded = know.loc[know.get("anomaly_flag", pd.Series(False, index=know.index)).fillna(False).astype(bool),
                         "customer_id"]
     bgnbd = knowledge.fit_clv(base, excluded).bgnbd
-    behaviour = behaviour_at(con, as_of, None, bgnbd, window_days).drop(columns="at")
-    customers = know.drop(columns=[c for c in BEHAVIOUR if c in know.columns]).merge(behaviour, on="customer_id",
-                                                                                     how="left")
+    now = pd.concat([base[["customer_id"]], behaviour(base, bgnbd, window_days)], axis=1)
+    customers = know.drop(columns=[c for c in BEHAVIOUR if c in know.columns]).merge(now, on="customer_id", how="left")
     customers["expected_order_value"] = pd.to_numeric(customers["expected_order_value"], errors="coerce").astype(float)
     fallback = customers["expected_order_value"].median()
     customers["expected_order_value"] = customers["expected_order_value"].fillna(fallback if fallback > 0 else 0.0)
@@ -172,8 +238,7 @@ def offers_sentence(setup: Setup) -> str:
 class Estimates:
     """The fitted model (None without usable history), the prior table and its label, and the history it learnt from."""
 
-    model: uplift.UpliftModel | None
-    residual: ResidualUplift | None
+    model: uplift.UpliftModel | ResidualUplift | None
     priors: pd.DataFrame
     prior_label: str
     history: pd.DataFrame
@@ -206,61 +271,92 @@ def training_history(setup: Setup, con: duckdb.DuckDBPyConnection, seed: int = 0
         idx = np.flatnonzero(control & (h["campaign_id"] == campaign).to_numpy())
         h.iloc[idx, h.columns.get_loc("discount_pct")] = rng.choice(levels.index.to_numpy(), len(idx),
                                                                     p=levels.to_numpy())
-    dates = sorted(h["contact_date"].unique())
-    behaviour = behaviour_at(con, setup.as_of, dates, setup.bgnbd, setup.window_days)
-    out = h.merge(behaviour, left_on=["customer_id", "contact_date"], right_on=["customer_id", "at"], how="inner")
+    pairs = h[["customer_id", "contact_date"]].rename(columns={"contact_date": "at"})
+    at_contact = behaviour_at(con, setup.as_of, pairs, setup.bgnbd, setup.window_days)
+    out = h.merge(at_contact, left_on=["customer_id", "contact_date"], right_on=["customer_id", "at"], how="inner")
     return out.drop(columns="at")
 
 
 def learn(setup: Setup, con: duckdb.DuckDBPyConnection, method: str = "two_model", priors_from: str = "",
-          seed: int = 0) -> Estimates:
+          seed: int = 0, baseline: str = "purchase_model") -> Estimates:
     """Fit the uplift model on the history (when there is enough) and load the priors for the other offers.
 
+    method "residual" with the purchase-model baseline fits the residual learner (`fit_residual_uplift`); with
+    baseline "uplift_model" (the control arm's P(buy)) it scores with the two-model, as "two_model" does. The history
+    must have both arms with at least `uplift.MIN_CLASS` converters and non-converters each, else the priors score.
     priors_from: "run" (this run's `monitoring_feedback`: steps data, knowledge, monitoring, personalisation), a
     previous run folder (its database's `monitoring_feedback` table is read), a Parquet/CSV file of that table, or a
     prior YAML file; empty: the package default `rules/uplift_priors.yaml`.
     """
     if method not in ("residual", "two_model", "x_learner"):
         raise InputError(f"uplift_method must be 'residual', 'two_model' or 'x_learner', got '{method}'.")
+    if baseline not in ("purchase_model", "uplift_model"):
+        raise InputError(f"baseline must be 'purchase_model' or 'uplift_model', got '{baseline}'.")
     history = training_history(setup, con, seed)
-    residual = None
-    model, note = None, "no campaign history with control groups: every estimate comes from the prior table"
+    model: uplift.UpliftModel | ResidualUplift | None = None
+    note = "no campaign history with control groups: every estimate comes from the prior table"
     if len(history):
         try:
-            model = uplift.fit_uplift_model(history, MODEL_FEATURES, value_col=None,
-                                            method="two_model" if method == "residual" else method, seed=seed,
-                                            monotone=MONOTONE)
-            residual = fit_residual_uplift(history, MODEL_FEATURES, seed) if method == "residual" else None
+            if method == "residual" and baseline == "purchase_model":
+                uplift.check_arms(history)
+                model = fit_residual_uplift(history, MODEL_FEATURES, seed)
+            else:
+                model = uplift.fit_uplift_model(history, MODEL_FEATURES, value_col=None,
+                                                method="two_model" if method == "residual" else method, seed=seed,
+                                                monotone=MONOTONE)
             note = (f"uplift model ({method.replace('_', '-')}) trained on {model.n_treated:,} treated and "
                     f"{model.n_control:,} control contacts of {history['campaign_id'].nunique()} past campaigns")
         except InputError as exc:
             note = f"the history is too thin for a model ({exc}); every estimate comes from the prior table"
     priors, label = load_prior_source(priors_from, con)
-    return Estimates(model, residual, priors, label, history, note)
+    return Estimates(model, priors, label, history, note)
 
 
 @dataclass
 class ResidualUplift:
     """Uplift = E[converted - baseline | x, offer] on the treated rows of past campaigns: the X-learner's treated-arm
     step (Kuenzel et al. 2019) with the purchase model's baseline as the control-arm model. Control groups are used to
-    check the baseline (`baseline_check`), not to fit it."""
+    check the baseline (`baseline_check`), not to fit it. Scores like `uplift.UpliftModel` (`predict`, `has_history`)
+    with p_control = `baseline_rate`."""
 
     encoder: Any
     tau: Any
     features: list[str]
+    offers_seen: pd.DataFrame
+    n_treated: int
+    n_control: int
 
-    def uplift(self, customers: pd.DataFrame, offer: dict[str, Any]) -> np.ndarray:
-        """Predicted uplift of each customer for one offer (type, channel, discount_pct)."""
-        frame = customers.assign(**{k: v for k, v in offer.items() if k in self.features})
+    def uplift(self, customers: pd.DataFrame, offer: dict[str, Any] | None = None) -> np.ndarray:
+        """Predicted uplift of each customer for one offer (type, channel, discount_pct; None: the customers' own)."""
+        frame = customers.assign(**{k: v for k, v in (offer or {}).items() if k in self.features})
         return self.tau.predict(self.encoder.transform(frame, "customers"))
 
+    def predict(self, customers: pd.DataFrame, offer: dict[str, Any] | None = None,
+                order_value_col: str | None = None) -> pd.DataFrame:
+        """Per customer (same index): p_control = `baseline_rate`, p_treated = clip(p_control + uplift, 0, 1),
+        uplift = p_treated - p_control, expected_order_value (`order_value_col`, else NaN), source="model"."""
+        base = baseline_rate(customers)
+        p_treated = np.clip(base + self.uplift(customers, offer), 0.0, 1.0)
+        value = (pd.to_numeric(customers[order_value_col], errors="coerce").to_numpy(dtype="float64")
+                 if order_value_col else np.full(len(customers), np.nan))
+        return pd.DataFrame({"p_treated": p_treated, "p_control": base, "uplift": p_treated - base,
+                             "expected_order_value": value, "source": "model"}, index=customers.index)
 
-def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_FEATURES,
-                        seed: int = 0) -> ResidualUplift:
-    """Fit the residual learner on the treated rows of `history` (needs converted, group and p_buy_window)."""
+    def has_history(self, offer: dict[str, Any]) -> bool:
+        """`uplift.has_history` of the training data: the model has seen this offer's type, channel and discounts."""
+        return uplift.has_history(self.offers_seen, offer)
+
+
+def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_FEATURES, seed: int = 0,
+                        max_rows: int | None = MAX_FIT_ROWS) -> ResidualUplift:
+    """Fit the residual learner on the treated rows of `history` (needs converted, group and p_buy_window), at most
+    `max_rows` of them (a random subset, seeded; None: all)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    treated = history[history["group"] == "treatment"]
+    is_treated = (history["group"] == "treatment").to_numpy()
+    treated = history[is_treated]
+    if max_rows is not None and len(treated) > max_rows:
+        treated = treated.iloc[np.sort(np.random.default_rng(seed).choice(len(treated), max_rows, replace=False))]
     if len(treated) < uplift.MIN_VALUE_ROWS:
         raise InputError(f"history: {len(treated)} treated contacts; at least {uplift.MIN_VALUE_ROWS} are needed.")
     encoder = uplift._Encoder.fit(treated, list(features))
@@ -268,7 +364,9 @@ def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_F
     cst = [MONOTONE.get(c, 0) for c in encoder.features]
     tau = HistGradientBoostingRegressor(**uplift.BOOSTING, categorical_features=encoder.categorical,
                                         monotonic_cst=cst, random_state=seed)
-    return ResidualUplift(encoder, tau.fit(encoder.transform(treated, "history"), target), list(features))
+    seen = uplift.offers_seen(history, is_treated.astype("int8"), [c for c in OFFER_FEATURES if c in features])
+    return ResidualUplift(encoder, tau.fit(encoder.transform(treated, "history"), target), list(features), seen,
+                          int(is_treated.sum()), int((~is_treated).sum()))
 
 
 def load_prior_source(priors_from: str | Path = "", con: duckdb.DuckDBPyConnection | None = None
@@ -342,10 +440,7 @@ class Validation:
 def _fit_predict(train: pd.DataFrame, test: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
     """p_treated, p_control, uplift of the test rows from a model fitted on the train rows."""
     if method == "residual":
-        model = fit_residual_uplift(train, MODEL_FEATURES, seed)
-        base = baseline_rate(test)
-        p_treated = np.clip(base + model.tau.predict(model.encoder.transform(test, "history")), 0.0, 1.0)
-        return pd.DataFrame({"p_treated": p_treated, "p_control": base, "uplift": p_treated - base}, index=test.index)
+        return fit_residual_uplift(train, MODEL_FEATURES, seed).predict(test)
     model = uplift.fit_uplift_model(train, MODEL_FEATURES, value_col=None, method=method, seed=seed,
                                     monotone=MONOTONE)
     return model.predict(test)
@@ -422,8 +517,28 @@ def validation_sentence(v: Validation | None) -> str:
 
 # --------------------------------------------------------------------------------------------------------- scoring
 
-def _variants(cands: pd.DataFrame) -> pd.DataFrame:
-    return cands[["offer_id", "campaign_type", "channel", "discount_pct"]].drop_duplicates()
+@dataclass(frozen=True)
+class _Variants:
+    """The offer variants (offer_id, campaign_type, channel, discount_pct) of a candidate frame in order of first
+    appearance; `order` lists the frame's row positions variant by variant (frame order within a variant), variant i
+    holding order[starts[i]:starts[i + 1]]."""
+
+    table: pd.DataFrame
+    order: np.ndarray
+    starts: np.ndarray
+
+    def slices(self) -> list[tuple[Any, slice]]:
+        """(variant row, slice of `order`) per variant."""
+        return [(v, slice(self.starts[i], self.starts[i + 1]))
+                for i, v in enumerate(self.table.itertuples(index=False))]
+
+
+def _variants(cands: pd.DataFrame) -> _Variants:
+    codes = cands.groupby(["offer_id", "channel", "discount_pct"], sort=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(codes.max() + 2 if len(codes) else 1))
+    table = cands.iloc[order[starts[:-1]]][["offer_id", "campaign_type", "channel", "discount_pct"]]
+    return _Variants(table.reset_index(drop=True), order, starts)
 
 
 def candidate_contacts(setup: Setup) -> tuple[pd.DataFrame, pd.Series]:
@@ -462,29 +577,40 @@ def score(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str = "pu
     control arm (or the prior table's segment rate)."""
     if baseline not in ("purchase_model", "uplift_model"):
         raise InputError(f"baseline must be 'purchase_model' or 'uplift_model', got '{baseline}'.")
-    cust = setup.customers.set_index("customer_id")
-    parts = []
-    for v in _variants(cands).itertuples(index=False):
-        rows = cands[(cands["offer_id"] == v.offer_id) & (cands["channel"] == v.channel)
-                     & (cands["discount_pct"] == v.discount_pct)]
-        ids = rows["customer_id"].unique()
-        who = cust.loc[ids].reset_index()
-        offer = {"type": v.campaign_type, "channel": v.channel, "discount_pct": float(v.discount_pct)}
-        s = uplift.score_offer(who, offer, est.model, est.priors, setup.segment_col, "expected_order_value")
-        s.loc[s["source"] == "prior", "source"] = est.prior_label
-        if baseline == "purchase_model":
-            s = _with_baseline(s, who)
-            if est.residual is not None and (s["source"] == "model").all():
-                base = s["p_control"].to_numpy()
-                s["p_treated"] = np.clip(base + est.residual.uplift(who, offer), 0.0, 1.0)
-                s["uplift"] = s["p_treated"] - base
-        s["customer_id"] = ids
-        parts.append(rows.merge(s, on="customer_id", how="left"))
     cols = ["p_treated", "p_control", "uplift", "expected_order_value", "source"]
-    out = pd.concat(parts, ignore_index=True) if parts else cands.assign(**{c: pd.Series(dtype=float) for c in cols})
+    if cands.empty:
+        out = cands.assign(**{c: pd.Series(dtype=float) for c in cols})
+    else:
+        out = _scores(setup, est, cands, baseline)
     out["value"] = uplift.incremental_margin(out["p_treated"], out["p_control"], out["expected_order_value"],
                                              out["margin_pct"], out["discount_pct"], out["cost"])
     return out
+
+
+def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The candidates, variant by variant (`_Variants` order), with the scores of `score`: each variant scores its
+    distinct customers once (model or priors) and the rows take their customer's scores."""
+    need = [c for c in (*BEHAVIOUR, setup.segment_col, "expected_order_value") if c in setup.customers.columns]
+    cust = setup.customers[need]
+    variants = _variants(cands)
+    out = cands.take(variants.order).reset_index(drop=True)
+    position = pol.positions(out["customer_id"], setup.customers["customer_id"])
+    if (position < 0).any():
+        raise InputError(f"candidates: {int((position < 0).sum())} rows have a customer_id that is not in the "
+                         "customers; build them with candidate_contacts.")
+    scores = {c: np.empty(len(out)) for c in ("p_treated", "p_control", "uplift", "expected_order_value")}
+    source = np.empty(len(out), dtype=object)
+    for v, rows in variants.slices():
+        ids, inverse = np.unique(position[rows], return_inverse=True)
+        who = cust.iloc[ids].reset_index(drop=True)
+        offer = {"type": v.campaign_type, "channel": v.channel, "discount_pct": float(v.discount_pct)}
+        s = uplift.score_offer(who, offer, est.model, est.priors, setup.segment_col, "expected_order_value")
+        if baseline == "purchase_model":
+            s = _with_baseline(s, who)
+        for c, values in scores.items():
+            values[rows] = s[c].to_numpy(dtype=float)[inverse]
+        source[rows] = np.where(s["source"] == "prior", est.prior_label, s["source"])[inverse]
+    return out.assign(**scores, source=pd.array(source, dtype="str"))
 
 
 def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
@@ -497,9 +623,9 @@ def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
         cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
     parts = []
     for offer_id, rows in cheapest.groupby("offer_id"):
-        choice = uplift.best_discount(rows, float(rows["margin_pct"].iloc[0]), rows["cost"].to_numpy(),
-                                      segment_col=segment_col)
-        parts.append(choice.per_segment.assign(offer_id=offer_id))
+        per_segment = uplift.segment_discounts(rows, float(rows["margin_pct"].iloc[0]), rows["cost"].to_numpy(),
+                                               segment_col=segment_col)
+        parts.append(per_segment.assign(offer_id=offer_id))
     out = pd.concat(parts, ignore_index=True)
     return out[["offer_id", segment_col, "discount_pct", "n", "p_control", "p_treated", "uplift", "margin", "best"]]
 
@@ -553,9 +679,11 @@ def make_plan(setup: Setup, scored: pd.DataFrame, cap: pd.Series, max_exact_rows
     solved = solve(scored, setup, cap, max_exact_rows, seed)
     rows = solved.plan.copy()
     rows["campaign_id"] = _campaign_id(rows)
-    rows["arm"] = rows["discount_pct"].map(lambda d: f"{d:g}pct") + "_" + rows["channel"].astype(str)
-    seg = setup.customers.set_index("customer_id")[setup.segment_col]
-    rows[setup.segment_col] = rows["customer_id"].map(seg).astype("string").fillna("unknown")
+    rows["arm"] = (rows["discount_pct"].map({d: f"{d:g}pct" for d in rows["discount_pct"].unique()}) + "_"
+                   + rows["channel"].astype(str))
+    seg = setup.customers[setup.segment_col].astype("string").array
+    where = pol.positions(rows["customer_id"], setup.customers["customer_id"])
+    rows[setup.segment_col] = pd.Series(seg.take(where, allow_fill=True), index=rows.index).fillna("unknown")
     shares = control_shares(rows, setup.policy)
     if len(rows):
         rows = control_groups.assign_control(rows, ["arm", setup.segment_col],
@@ -802,25 +930,25 @@ def diffusive_sentence(table: pd.DataFrame) -> str:
             f"customers who would have bought anyway (plan: {t['margin_lost_to_dilution']:,.0f}).")
 
 
-def true_values(scored: pd.DataFrame, truth_dir: str | Path) -> pd.Series:
-    """Demo only: the TRUE expected incremental margin of every scored candidate, from the generator's response
-    (`cvm.demo.true_response`, state at as_of, true order value). Customers without truth (test accounts) get 0."""
+def true_values(scored: pd.DataFrame, truth: Any) -> pd.Series:
+    """Demo only: the TRUE expected incremental margin of every scored candidate (same index), from the generator's
+    response (`cvm.demo.true_response` with the `cvm.demo.DemoTruth`, state at as_of, true order value), less the
+    contact cost. Customers without truth (test accounts) earn 0 (and pay the contact)."""
     from cvm import demo
 
-    truth = demo.load_truth(Path(truth_dir))
     ct = truth.customer_truth
-    out = pd.Series(0.0, index=scored.index)
-    for v in _variants(scored).itertuples(index=False):
-        mask = ((scored["offer_id"] == v.offer_id) & (scored["channel"] == v.channel)
-                & (scored["discount_pct"] == v.discount_pct)).to_numpy()
-        rows = scored[mask]
-        known = ct[ct["customer_id"].isin(rows["customer_id"].unique())]
-        resp = demo.true_response(known, v.campaign_type, v.channel, float(v.discount_pct), truth)
-        value = pd.Series(uplift.incremental_margin(resp["p_treated"], resp["p_control"],
-                                                    resp["expected_order_value"], rows["margin_pct"].iloc[0],
-                                                    v.discount_pct, 0.0), index=resp["customer_id"])
-        out[mask] = rows["customer_id"].map(value).fillna(0.0).to_numpy() - rows["cost"].to_numpy()
-    return out
+    position = pol.positions(scored["customer_id"], ct["customer_id"])
+    gain = np.zeros(len(scored))
+    variants = _variants(scored)
+    for v, rows in variants.slices():
+        at = variants.order[rows]
+        known = position[at] >= 0
+        ids, inverse = np.unique(position[at][known], return_inverse=True)
+        resp = demo.true_response(ct.iloc[ids], v.campaign_type, v.channel, float(v.discount_pct), truth)
+        value = uplift.incremental_margin(resp["p_treated"], resp["p_control"], resp["expected_order_value"],
+                                          scored["margin_pct"].iloc[at[0]], v.discount_pct, 0.0)
+        gain[at[known]] = value[inverse]
+    return pd.Series(gain - scored["cost"].to_numpy(dtype=float), index=scored.index)
 
 
 @dataclass
@@ -841,18 +969,18 @@ def oracle_check(scored: pd.DataFrame, plan: Plan, setup: Setup, cap: pd.Series,
                  max_exact_rows: int = 20_000, seed: int = 0) -> OracleCheck:
     """Assign with the TRUE response instead of the estimates (same candidates, policy, solver) and compare the true
     extra margin of both plans, before control groups (the same random share is held back from both)."""
-    true = true_values(scored, truth_dir)
-    oracle = solve(scored.assign(value=true), setup, cap, max_exact_rows, seed)
-    keys = ["customer_id", "offer_id", "channel", "discount_pct", "contact_date"]
-    lookup = scored[keys].assign(true_value=true.to_numpy())
-    plan_true = plan.assignment.plan[keys].merge(lookup, on=keys, how="left")["true_value"].sum()
+    from cvm import demo
+
+    truth = demo.load_truth(Path(truth_dir))
+    oracle = solve(scored.assign(value=true_values(scored, truth)), setup, cap, max_exact_rows, seed)
     rows = []
-    for name, chosen, expected in (("plan (estimates)", plan.assignment.plan, plan.assignment.objective),
-                                   ("oracle (true response)", oracle.plan, np.nan)):
-        merged = chosen[keys].merge(lookup, on=keys, how="left")
+    for name, chosen, expected, true in (
+            ("plan (estimates)", plan.assignment.plan, plan.assignment.objective,
+             true_values(plan.assignment.plan, truth)),
+            ("oracle (true response)", oracle.plan, np.nan, oracle.plan["value"])):
         rows.append({"plan": name, "contacts": len(chosen), "customers": chosen["customer_id"].nunique(),
-                     "expected_margin": expected, "true_margin": float(merged["true_value"].sum())})
-    return OracleCheck(float(plan_true), float(rows[1]["true_margin"]), float(plan.assignment.objective),
+                     "expected_margin": expected, "true_margin": float(true.sum())})
+    return OracleCheck(rows[0]["true_margin"], rows[1]["true_margin"], float(plan.assignment.objective),
                        pd.DataFrame(rows))
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 from cvm.errors import InputError
+from cvm.value import key_positions, repeated_keys, rows_at
 
 MINIBATCH_ABOVE = 200_000
 #: Behavioural columns used when present; the first five are log1p-transformed (right-skewed, >= 0).
@@ -55,9 +56,9 @@ LABELS = {"recency_days": ("recent", "lapsed"), "frequency": ("infrequent", "fre
 def _check_id(frame: pd.DataFrame, id_col: str, what: str) -> None:
     if id_col not in frame:
         raise InputError(f"{what}: column '{id_col}' is missing.")
-    dup = frame[id_col].duplicated()
-    if dup.any():
-        raise InputError(f"{what}: {int(dup.sum())} duplicated {id_col}; keep one row per customer.")
+    repeated = repeated_keys(frame[id_col])
+    if repeated:
+        raise InputError(f"{what}: {repeated} duplicated {id_col}; keep one row per customer.")
 
 
 def _zscore(values: pd.Series) -> pd.Series:
@@ -95,7 +96,8 @@ def persona_features(features: pd.DataFrame, customers: pd.DataFrame | None = No
         missing = [c for c in extra_cols if c not in customers]
         if missing:
             raise InputError(f"persona_features: customers lack column(s) {missing}.")
-        extra = customers.set_index(id_col)[list(extra_cols)].reindex(base.index)
+        extra = rows_at(customers[list(extra_cols)], key_positions(features[id_col], customers[id_col]))
+        extra.index = base.index
         for col in extra_cols:
             if pd.api.types.is_numeric_dtype(extra[col]) and not pd.api.types.is_bool_dtype(extra[col]):
                 out[col] = _zscore(extra[col].astype(float))
@@ -127,20 +129,63 @@ def choose_k(X: pd.DataFrame | np.ndarray, k_range: Sequence[int] = range(3, 9),
     """Silhouette and inertia per k, on a random sample of at most `sample_size` rows; `chosen` marks the best
     silhouette (the smallest k on ties)."""
     values = np.asarray(X, dtype=float)
-    ks = sorted(set(int(k) for k in k_range))
+    ks = sorted({int(k) for k in k_range})
     if not ks or ks[0] < 2:
         raise InputError(f"choose_k: k_range must hold numbers of clusters >= 2, got {list(k_range)}.")
     if len(values) <= ks[-1]:
         raise InputError(f"choose_k: {len(values)} rows cannot be split into up to {ks[-1]} clusters.")
     rng = np.random.default_rng(seed)
     sample = values[rng.choice(len(values), size=sample_size, replace=False)] if len(values) > sample_size else values
-    rows = []
-    for k in ks:
-        model = _kmeans(len(sample), k, seed).fit(sample)
-        rows.append({"k": k, "silhouette": float(silhouette_score(sample, model.labels_, random_state=seed)),
-                     "inertia": float(model.inertia_), "sample_rows": len(sample)})
-    out = pd.DataFrame(rows)
+    with threadpool_limits(1, user_api="openmp"):  # on a sample, one thread is faster than OpenMP's overhead
+        models = [_kmeans(len(sample), k, seed).fit(sample) for k in ks]
+    out = pd.DataFrame({"k": ks, "silhouette": silhouettes(sample, [m.labels_ for m in models]),
+                        "inertia": [float(m.inertia_) for m in models], "sample_rows": len(sample)})
     out["chosen"] = out.index == out["silhouette"].idxmax()
+    return out
+
+
+def silhouettes(X: np.ndarray, labellings: Sequence[np.ndarray], block_rows: int = 512) -> list[float]:
+    """Mean silhouette (as sklearn.metrics.silhouette_score, Euclidean) of each of several labellings of the same
+    rows. The pairwise distances, the O(n^2) part, are computed once for all labellings and, being symmetric, once per
+    pair of rows: block by block of block_rows rows, each block of distances summed per cluster of every labelling
+    with one matrix product for its rows and one for its columns."""
+    n = len(X)
+    codes = [np.unique(labels, return_inverse=True)[1].ravel() for labels in labellings]
+    sizes = [np.bincount(code) for code in codes]
+    if any(not 2 <= len(size) < n for size in sizes):
+        raise InputError(f"silhouettes: every labelling needs between 2 and {n - 1} clusters.")
+    offsets = np.cumsum([0] + [len(size) for size in sizes])
+    member = np.zeros((n, offsets[-1]))  # one column per cluster of every labelling
+    for code, offset in zip(codes, offsets):
+        member[np.arange(n), offset + code] = 1.0
+    norms = np.einsum("ij,ij->i", X, X)
+    sums = np.zeros((n, offsets[-1]))
+    starts = range(0, n, block_rows)
+    for i in starts:
+        rows = slice(i, min(i + block_rows, n))
+        for j in (j for j in starts if j >= i):
+            cols = slice(j, min(j + block_rows, n))
+            dist = X[rows] @ X[cols].T
+            dist *= -2
+            dist += norms[rows, None]
+            dist += norms[None, cols]
+            np.maximum(dist, 0, out=dist)
+            np.sqrt(dist, out=dist)
+            if i == j:
+                np.fill_diagonal(dist, 0.0)
+            sums[rows] += dist @ member[cols]
+            if i != j:
+                sums[cols] += dist.T @ member[rows]
+    rows, out = np.arange(n), []
+    for code, size, offset in zip(codes, sizes, offsets):
+        per_cluster = sums[:, offset:offset + len(size)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            within = per_cluster[rows, code] / (size[code] - 1)
+            mean = per_cluster / size
+            mean[rows, code] = np.inf
+            nearest = mean.min(axis=1)
+            score = (nearest - within) / np.maximum(within, nearest)
+        out.append(float(np.nan_to_num(score).mean()))
     return out
 
 
@@ -183,19 +228,23 @@ def profile(features: pd.DataFrame, labels: pd.Series, value_col: str = "monetar
     """Per persona: customers, share of customers and of value, and for each key variable its mean and index
     (persona mean / base mean x 100). `labels` is indexed by customer id (as from `fit_personas`)."""
     _check_id(features, id_col, "profile: features")
-    frame = features.set_index(id_col)
-    persona = labels.reindex(frame.index)
-    if persona.isna().any():
-        raise InputError(f"profile: {int(persona.isna().sum())} customer(s) of the features have no persona label; "
+    return _profile(features, _labels_for(features[id_col], labels).to_numpy(), value_col, cols)
+
+
+def _profile(frame: pd.DataFrame, persona: np.ndarray, value_col: str, cols: Sequence[str] | None) -> pd.DataFrame:
+    """`profile` with the persona of every row of `frame` given (NaN: none)."""
+    missing = int(pd.isna(persona).sum())
+    if missing:
+        raise InputError(f"profile: {missing} customer(s) of the features have no persona label; "
                          f"pass the labels of the same customers.")
     cols = list(cols) if cols is not None else [c for c in PROFILE_COLS if c in frame] + [
         c for c in frame.columns if c.startswith(MIX_PREFIXES)]
     numeric = frame[cols].apply(pd.to_numeric, errors="coerce")
-    grouped = numeric.groupby(persona.to_numpy())
+    grouped = numeric.groupby(persona)
     out = pd.DataFrame({"customers": grouped.size()})
     out["share_customers"] = out["customers"] / len(frame)
     value = pd.to_numeric(frame[value_col], errors="coerce").clip(lower=0)
-    out["share_value"] = value.groupby(persona.to_numpy()).sum() / max(float(value.sum()), 1e-12)
+    out["share_value"] = value.groupby(persona).sum() / max(float(value.sum()), 1e-12)
     means, base = grouped.mean(), numeric.mean()
     for col in cols:
         out[f"{col}_mean"] = means[col]
@@ -203,6 +252,11 @@ def profile(features: pd.DataFrame, labels: pd.Series, value_col: str = "monetar
     out.index = out.index.astype(int)
     out.index.name = "persona"
     return out
+
+
+def _labels_for(ids: pd.Series, labels: pd.Series) -> pd.Series:
+    """labels (indexed by customer id) for the customers `ids`, NaN where a customer has none."""
+    return rows_at(labels.to_frame(), key_positions(ids, labels.index.to_series())).iloc[:, 0]
 
 
 def _matches(row: pd.Series, when: dict) -> bool:
@@ -270,26 +324,26 @@ def persona_table(features: pd.DataFrame, labels: pd.Series, names: dict[int, st
                   id_col: str = "customer_id") -> pd.DataFrame:
     """One row per persona with descriptive (most common value), behavioural (mean) and predictive (mean) keys side
     by side; columns absent from the inputs are skipped. `predictions` has id_col and e.g. clv, churn_risk."""
-    prof = profile(features, labels, value_col=value_col, id_col=id_col,
-                   cols=[c for c in behavioural_cols if c in features])
+    _check_id(features, id_col, "profile: features")
+    ids = features[id_col]
+    persona = _labels_for(ids, labels).to_numpy()
+    prof = _profile(features, persona, value_col, [c for c in behavioural_cols if c in features])
     out = pd.DataFrame({"persona": [names.get(int(p), str(p)) for p in prof.index], "customers": prof["customers"],
                         "share_customers": prof["share_customers"], "share_value": prof["share_value"]},
                        index=prof.index)
-    ids = features[id_col]
-    persona = labels.reindex(ids).to_numpy()
     if customers is not None:
         _check_id(customers, id_col, "persona_table: customers")
-        cust = customers.set_index(id_col).reindex(ids)
-        for col in descriptive_cols:
-            if col in cust:
-                out[col] = _top_level(cust[col], persona)
+        shown = [c for c in descriptive_cols if c in customers]
+        cust = rows_at(customers[shown], key_positions(ids, customers[id_col]))
+        for col in shown:
+            out[col] = _top_level(cust[col], persona)
     for col in behavioural_cols:
         if f"{col}_mean" in prof:
             out[col] = prof[f"{col}_mean"]
     if predictions is not None:
         _check_id(predictions, id_col, "persona_table: predictions")
-        pred = predictions.set_index(id_col).reindex(ids)
-        for col in predictive_cols:
-            if col in pred:
-                out[col] = pd.to_numeric(pred[col], errors="coerce").groupby(persona).mean()
+        shown = [c for c in predictive_cols if c in predictions]
+        pred = rows_at(predictions[shown], key_positions(ids, predictions[id_col]))
+        for col in shown:
+            out[col] = pd.to_numeric(pred[col], errors="coerce").groupby(persona).mean()
     return out.sort_values("share_value", ascending=False)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cvm.assignment import Constraints
-from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.config import read_yaml
+from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.errors import InputError
 from cvm.offers import Offer
 
@@ -147,6 +149,15 @@ def _as_bool(values: pd.Series) -> np.ndarray:
     return values.astype("string").str.strip().str.lower().isin(_TRUE).fillna(False).to_numpy(dtype=bool)
 
 
+def positions(values: pd.Series | pd.Index, keys: pd.Series | pd.Index) -> np.ndarray:
+    """Position of each value in `keys` (unique values), -1 where absent: `pd.Index(keys).get_indexer(values)`, with
+    Arrow-backed strings (pandas' default) matched in Arrow, which pandas would first turn into Python objects."""
+    if all(getattr(x.dtype, "storage", None) == "pyarrow" for x in (values, keys)):
+        found = pc.index_in(pa.array(values.array), value_set=pa.chunked_array(pa.array(keys.array)).combine_chunks())
+        return found.fill_null(-1).to_numpy().astype(np.int64)
+    return pd.Index(keys).get_indexer(values)
+
+
 def _days(dates: pd.Series | pd.Index, as_of: pd.Timestamp, table: str, column: str) -> np.ndarray:
     d = pd.to_datetime(dates, errors="coerce")
     bad = int(pd.isna(d).sum())
@@ -164,7 +175,7 @@ def _history_keys(history: pd.DataFrame, customers: pd.Index, as_of: pd.Timestam
     h = history
     if group_col in h.columns:
         h = h[h[group_col].astype("string").fillna("treatment") != "control"]
-    code = customers.get_indexer(h[customer_col])
+    code = positions(h[customer_col], customers)
     day = _days(h[date_col], as_of, "history (contacts)", date_col)
     keep = code >= 0
     return np.sort(code[keep] * _SPAN + day[keep] + _OFFSET)
@@ -203,19 +214,19 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
     if len(launches) > 1 and np.diff(launches).min() < spacing:
         raise InputError(f"candidates: contact dates must be at least {spacing} days apart (week_days / "
                          "min_days_between of the policy); merge close launches into one date.")
-    code = cust.index.get_indexer(candidates[customer_col])
+    code = positions(candidates[customer_col], cust.index)
     unknown = int((code < 0).sum())
     if unknown:
         raise InputError(f"candidates: {unknown} rows have a {customer_col} that is not in customers; "
                          "build candidates from the same customers table.")
 
     ok = np.zeros(len(candidates), dtype=bool)
-    chan = candidates["channel"].astype("string").to_numpy()
+    chan, channels = pd.factorize(candidates["channel"])
     for channel, column in policy.consent.items():
         if column not in cust.columns:
             raise InputError(f"customers: consent column '{column}' (channel {channel}) is missing; every contact "
                              "needs consent, add the column (True/False per customer).")
-        rows = chan == channel
+        rows = np.isin(chan, np.flatnonzero(channels.astype("string") == channel))
         ok[rows] = _as_bool(cust[column])[code[rows]]
 
     if policy.quiet_days_after_purchase > 0:
@@ -243,7 +254,8 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
     out = candidates[ok].copy()
     if "campaign_type" in out.columns:
         rank = {t: i for i, t in enumerate(policy.campaign_priority)}
-        out["priority"] = out["campaign_type"].map(rank).fillna(len(rank)).astype(int)
+        types, names = pd.factorize(out["campaign_type"])   # code -1 (missing type) takes the last, lowest rank
+        out["priority"] = np.array([rank.get(t, len(rank)) for t in names] + [len(rank)], dtype=int)[types]
     return out.reset_index(drop=True), cap
 
 
@@ -282,7 +294,7 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
     p = p.reset_index(drop=True)
     ids = [c for c in (customer_col, "offer_id", "channel", date_col) if c in p.columns]
     cust = customers.drop_duplicates(customer_col).set_index(customer_col)
-    code = cust.index.get_indexer(p[customer_col])
+    code = positions(p[customer_col], cust.index)
     found = []
     if (code < 0).any():
         found.append(_violations("unknown customer", p.loc[code < 0, ids], "customer not in the customers table"))

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cvm.contract import TABLES, Column, pandera_schema
 from cvm.errors import InputError
@@ -19,6 +21,10 @@ TRUE = {"true", "t", "yes", "y", "1", "1.0", "oui", "ja", "si", "x"}
 FALSE = {"false", "f", "no", "n", "0", "0.0", "non", "nein", "", "nan", "none"}
 #: share of non-empty values that may fail to parse in a required column before the column is judged the wrong type
 MAX_BAD_SHARE = 0.5
+#: currency symbols allowed before or after an amount
+CURRENCY = ("€", "$", "£")
+#: a row selection of at most this many runs of consecutive rows is assembled from slices (see `_rows`)
+MAX_SLICED_RUNS = 1000
 
 
 @dataclass
@@ -44,27 +50,44 @@ class Validated:
         return [{**base, "reason": r, "rows": n} for r, n in self.reasons.items()]
 
 
+def _is_typed(series: pd.Series) -> bool:
+    """Whether the column already holds typed values (numbers, dates, booleans), none of which can be blank text."""
+    return (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_datetime64_any_dtype(series)
+            or pd.api.types.is_bool_dtype(series))
+
+
 def _text(series: pd.Series) -> pd.Series:
-    return series.astype("string").str.strip()
+    """The values as trimmed text; the column's own buffers when no value has surrounding blanks (no copy)."""
+    text = series.astype("string")
+    trimmed = text.str.strip()
+    return text if trimmed.equals(text) else trimmed
 
 
-def _to_number(series: pd.Series, decimal: str, thousands: str | None) -> pd.Series:
+def _blank_to_missing(text: pd.Series) -> pd.Series:
+    """Empty text as missing (the same column, uncopied, when nothing is empty)."""
+    blank = text == ""
+    return text.mask(blank) if blank.any() else text
+
+
+def _to_number(series: pd.Series, text: pd.Series | None, decimal: str, thousands: str | None) -> pd.Series:
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return series.astype("float64")
-    text = _text(series)
+    text = _text(series) if text is None else text
     if thousands:
         text = text.str.replace(thousands, "", regex=False)
     if decimal != ".":
         text = text.str.replace(decimal, ".", regex=False)
-    text = text.str.replace(r"^[€$£]\s*|\s*[€$£]$", "", regex=True)
+    # pandas runs this regex in Python (because of \s), so only when some value starts or ends with a symbol
+    if text.str.startswith(CURRENCY).any() or text.str.endswith(CURRENCY).any():
+        text = text.str.replace(r"^[€$£]\s*|\s*[€$£]$", "", regex=True)
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
 
-def _to_date(series: pd.Series, date_format: str | None) -> pd.Series:
+def _to_date(series: pd.Series, text: pd.Series | None, date_format: str | None) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(series):
         out = series
     else:
-        text = _text(series)
+        text = _text(series) if text is None else text
         if date_format:
             out = pd.to_datetime(text, format=date_format, errors="coerce")
         else:
@@ -74,38 +97,39 @@ def _to_date(series: pd.Series, date_format: str | None) -> pd.Series:
     return out.astype("datetime64[us]")
 
 
-def _to_bool(series: pd.Series) -> pd.Series:
+def _to_bool(series: pd.Series, text: pd.Series | None = None) -> pd.Series:
     if pd.api.types.is_bool_dtype(series):
         return series.astype("boolean")
-    text = _text(series).str.lower()
+    text = (_text(series) if text is None else text).str.lower()
     out = pd.Series(pd.NA, index=series.index, dtype="boolean")
     out[text.isin(TRUE).fillna(False)] = True
     out[text.isin(FALSE).fillna(False)] = False
     return out
 
 
-def _to_id(series: pd.Series) -> pd.Series:
+def _to_id(series: pd.Series, text: pd.Series | None) -> pd.Series:
     if pd.api.types.is_float_dtype(series):
         whole = series.dropna()
         if len(whole) and (whole == np.floor(whole)).all():
             series = series.astype("Int64")
-    text = series.astype("string").str.strip()
-    text = text.str.replace(r"\.0$", "", regex=True)
-    return text.mask(text == "")
+    text = _text(series) if text is None else text
+    if text.str.endswith(".0").any():
+        text = text.str.replace(r"\.0$", "", regex=True)
+    return _blank_to_missing(text)
 
 
-def coerce(column: Column, series: pd.Series, read: dict) -> pd.Series:
-    """Convert one column to its contract type; unparseable values become missing."""
+def coerce(column: Column, series: pd.Series, text: pd.Series | None, read: dict) -> pd.Series:
+    """Convert one column to its contract type; unparseable values become missing. `text` is the column as trimmed
+    text when the caller already has it (None for typed columns), so no column is converted to text twice."""
     if column.kind == "float" or column.kind == "int":
-        return _to_number(series, read.get("decimal", "."), read.get("thousands"))
+        return _to_number(series, text, read.get("decimal", "."), read.get("thousands"))
     if column.kind == "date":
-        return _to_date(series, read.get("date_format"))
+        return _to_date(series, text, read.get("date_format"))
     if column.kind == "bool":
-        return _to_bool(series)
+        return _to_bool(series, text)
     if column.kind == "id":
-        return _to_id(series)
-    text = series.astype("string").str.strip()
-    return text.mask(text == "")
+        return _to_id(series, text)
+    return _blank_to_missing(_text(series) if text is None else text)
 
 
 def outcome_values(name: str, series: pd.Series, source: str) -> pd.Series:
@@ -114,7 +138,7 @@ def outcome_values(name: str, series: pd.Series, source: str) -> pd.Series:
     present = series.notna()
     if (as_bool.notna() | ~present).all():
         return as_bool.astype("Float64").astype("float64")
-    numbers = _to_number(series, ".", None)
+    numbers = _to_number(series, None, ".", None)
     bad = int((present & numbers.isna()).sum())
     if bad:
         examples = ", ".join(repr(v) for v in series[present & numbers.isna()].astype(str).unique()[:3])
@@ -133,7 +157,7 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
     rows_read = len(frame)
     if rows_read == 0:
         raise InputError(f"{table}: file {source} has no rows.")
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: replacing a column of `out` leaves `frame` as read
     coerced: dict[str, int] = {}
     flagged: dict[str, int] = {}
     bad_masks: dict[str, pd.Series] = {}
@@ -141,8 +165,9 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
         if column.name not in out.columns:
             continue
         before = out[column.name]
-        present = before.notna() & (before.astype("string").str.strip() != "").fillna(False)
-        after = coerce(column, before, read)
+        text = None if _is_typed(before) else _text(before)
+        present = before.notna() if text is None else before.notna() & (text != "").fillna(False)
+        after = coerce(column, before, text, read)
         failed = present & after.isna()
         n_failed = int(failed.sum())
         if column.allowed is not None:
@@ -185,7 +210,7 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
             out[name] = outcome_values(name, out[name], source)
     if table == "transactions":
         if "order_id" not in frame.columns:
-            out["order_id"] = pd.Series(range(1, len(out) + 1), index=out.index).map("row-{}".format).astype("string")
+            out["order_id"] = "row-" + pd.Series(np.arange(1, len(out) + 1), index=out.index).astype("string")
         if "amount" not in frame.columns:
             out["amount"] = out["quantity"] * out["unit_price"]
             bad_masks["non-numeric amount"] = out["amount"].isna() & out["quantity"].notna() & out["unit_price"].notna()
@@ -204,23 +229,38 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
                                                           + pd.Timedelta(days=1)).fillna(False)
     if table == "contacts" and "customer_id" in frame.columns:
         bad_masks["missing customer_id"] = out["customer_id"].isna()
-    reason = pd.Series(pd.NA, index=out.index, dtype="string")
-    for label, mask in bad_masks.items():
-        reason = reason.mask(reason.isna() & mask.fillna(False).astype(bool), label)
+    # each row's reason as a code: 0 = kept, i = the i-th label (the first that applies, as listed)
+    labels = list(bad_masks)
+    code = np.zeros(rows_read, dtype=np.int32)
+    for number, mask in enumerate(bad_masks.values(), start=1):
+        code[(code == 0) & mask.fillna(False).to_numpy(dtype=bool)] = number
     keys = _duplicate_key(table, out)
     if keys:
-        duplicated = out.duplicated(subset=keys, keep="first") & reason.isna()
-        label = "duplicate order line" if table == "transactions" else f"duplicate {', '.join(keys)}"
-        reason = reason.mask(duplicated, label)
-    rejected_mask = reason.notna()
-    kept = pandera_schema(table).validate(out.loc[~rejected_mask].reset_index(drop=True))
-    rejected = frame.loc[rejected_mask].astype("string").assign(reject_reason=reason[rejected_mask])
-    reasons = reason[rejected_mask].value_counts().to_dict()
+        labels.append("duplicate order line" if table == "transactions" else f"duplicate {', '.join(keys)}")
+        code[(code == 0) & _duplicated(out, keys)] = len(labels)
+    rejected_mask = code > 0
+    kept = pandera_schema(table).validate(_rows(out, ~rejected_mask).reset_index(drop=True), inplace=True)
+    reason = pd.Series(np.asarray(labels, dtype=object)[code[rejected_mask] - 1], dtype="string")
+    rejected = _rows(frame, rejected_mask).astype("string").assign(reject_reason=reason.array)
+    reasons = reason.value_counts().to_dict()
     if len(kept) == 0:
         top = ", ".join(f"{k}: {v:,}" for k, v in reasons.items())
         raise InputError(f"{table}: every one of the {rows_read:,} rows of file {source} was rejected ({top}).")
     return Validated(table, source, kept, rejected.reset_index(drop=True), rows_read,
                      {str(k): int(v) for k, v in reasons.items()}, coerced, flagged)
+
+
+def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """`frame.loc[keep]` for a boolean array. A selection of few runs of consecutive rows (all rows but a few, or a
+    few rows) is concatenated from slices: Arrow-backed text columns then share their buffers, where a take would first
+    copy every chunk of the column into one."""
+    if keep.all():
+        return frame
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], keep, [False])).astype(np.int8)))
+    starts, stops = edges[0::2], edges[1::2]
+    if len(starts) == 0 or len(starts) > MAX_SLICED_RUNS:
+        return frame.loc[keep]
+    return pd.concat([frame.iloc[start:stop] for start, stop in zip(starts, stops)])
 
 
 def _duplicate_key(table: str, frame: pd.DataFrame) -> list[str]:
@@ -232,3 +272,32 @@ def _duplicate_key(table: str, frame: pd.DataFrame) -> list[str]:
     if table == "campaigns":
         return ["campaign_id"]
     return []
+
+
+def _duplicated(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """`frame.duplicated(subset=keys, keep="first")` as an array. With several key columns, rows are first hashed in
+    DuckDB (equal rows always hash alike: NaN and missing both become NULL, -0.0 hashes as 0.0) and only rows whose
+    hash repeats are compared, which is much faster on millions of rows."""
+    subset = frame[keys]
+    if len(keys) == 1 or not all(_hashes_alike(subset.iloc[:, i]) for i in range(subset.shape[1])):
+        return subset.duplicated(keep="first").to_numpy()
+    rows = pa.Table.from_pandas(subset.set_axis([f"c{i}" for i in range(subset.shape[1])], axis=1),
+                                preserve_index=False)
+    columns = ", ".join(rows.column_names)
+    with duckdb.connect() as con:
+        con.register("key_rows", rows)
+        hashes = con.sql(f"SELECT hash({columns}) AS h FROM key_rows").fetchnumpy()["h"]
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    candidates = pd.Series(hashes).isin(repeated).to_numpy()
+    duplicated = np.zeros(len(frame), dtype=bool)
+    duplicated[candidates] = _rows(subset, candidates).duplicated(keep="first").to_numpy()
+    return duplicated
+
+
+def _hashes_alike(series: pd.Series) -> bool:
+    """Whether pandas-equal values of this column get equal DuckDB hashes once passed through Arrow."""
+    dtype = series.dtype
+    if isinstance(dtype, (pd.StringDtype, pd.BooleanDtype)):
+        return True
+    return isinstance(dtype, np.dtype) and (dtype.kind in "biuM" or dtype in (np.float32, np.float64))

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from cvm.config import named_item, read_yaml
 from cvm.errors import InputError
+from cvm.value import key_positions
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "rfm_segments.yaml"
 OTHER = "Other"
@@ -259,9 +260,12 @@ def pair_matrix(scores: pd.DataFrame | RFMResult, features: pd.DataFrame, x: str
     xc, yc = _score_col(x), _score_col(y)
     if value not in features:
         raise InputError(f"pair_matrix: features lack column '{value}'.")
-    df = frame[[id_col, xc, yc]].merge(features[[id_col, value]], on=id_col, how="inner")
+    pos = key_positions(frame[id_col], features[id_col])  # an inner join on the customer id, in the scores' order
+    found = pos >= 0
+    df = pd.DataFrame({xc: frame[xc].to_numpy()[found], yc: frame[yc].to_numpy()[found],
+                       value: features[value].to_numpy()[pos[found]]})
     grid = pd.MultiIndex.from_product([range(1, bins + 1)] * 2, names=[xc, yc])
-    out = df.groupby([xc, yc]).agg(customers=(id_col, "size"), mean_value=(value, "mean")).reindex(grid)
+    out = df.groupby([xc, yc]).agg(customers=(value, "size"), mean_value=(value, "mean")).reindex(grid)
     out["customers"] = out["customers"].fillna(0).astype(int)
     return out.rename(columns={"mean_value": f"mean_{value}"}).reset_index()
 
@@ -275,9 +279,9 @@ def plot_pair_matrices(scores: RFMResult, features: pd.DataFrame,
     """Heat maps of the R x F, F x M and R x M grids: colour = mean of the third variable, numbers = customers.
     The default title states where the largest group of customers sits."""
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.8), squeeze=False)
-    rf = pair_matrix(scores, features, *pairs[0], id_col=id_col)
-    for ax, (x, y, value) in zip(axes[0], pairs):
-        cells = pair_matrix(scores, features, x, y, value, id_col=id_col)
+    matrices = [pair_matrix(scores, features, x, y, value, id_col=id_col) for x, y, value in pairs]
+    rf = matrices[0]
+    for ax, (x, y, value), cells in zip(axes[0], pairs, matrices):
         xc, yc = _score_col(x), _score_col(y)
         colour = cells.pivot(index=yc, columns=xc, values=f"mean_{value}").sort_index(ascending=False)
         counts = cells.pivot(index=yc, columns=xc, values="customers").sort_index(ascending=False)

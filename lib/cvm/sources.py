@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cvm.config import SourceConfig
@@ -76,7 +77,9 @@ def read_raw(src: SourceConfig, nrows: int | None = None) -> pd.DataFrame:
         if kind == "parquet":
             if nrows is not None:
                 return pd.DataFrame(columns=pq.read_schema(path).names)
-            frame = pd.read_parquet(path)
+            # columns handed over one by one, then the decoder's spare memory returned (a large file would hold it)
+            frame = pd.read_parquet(path, to_pandas_kwargs={"self_destruct": True, "split_blocks": True})
+            pa.default_memory_pool().release_unused()
         elif kind == "excel":
             frame = pd.read_excel(path, sheet_name=src.read.get("sheet", 0), dtype=str, nrows=nrows,
                                   header=src.read.get("header", 0), skiprows=src.read.get("skiprows"))
@@ -144,7 +147,7 @@ def load_source(src: SourceConfig) -> pd.DataFrame:
     raw = read_raw(src)
     table = TABLES[src.table]
     plan = column_plan(src, list(raw.columns), table)
-    frame = pd.DataFrame({name: raw[file_col] for name, file_col in plan.items()})
+    frame = pd.DataFrame({name: raw[file_col] for name, file_col in plan.items()}, copy=False)  # copy-on-write
     if table.keep_extra:
         used = set(plan.values())
         for col in raw.columns:

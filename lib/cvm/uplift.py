@@ -8,7 +8,8 @@ customer's features at contact time and the offer's type / channel / discount), 
   PNAS 116:4156).
 * `load_priors` / `segment_priors` / `score_offer`: where there is no history for an offer, the estimate comes from a
   prior table (segment x campaign type x discount); every estimate carries `source` = "model" | "prior".
-* `incremental_margin`, `score_discounts`, `best_discount`: the money, and the discount level that maximises it.
+* `incremental_margin`, `score_discounts`, `best_discount` / `segment_discounts`: the money, and the discount level
+  that maximises it.
 * Metrics: `uplift_curve`, `qini_curve`, `qini_coefficient`, `auuc`, `uplift_at_k`, `calibration_table`, plots, and
   `holdout_by_campaign` (validation on held-out campaigns). `fit_response_model` is the plain response model.
 """
@@ -28,8 +29,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from cvm.contract import CAMPAIGN_TYPES
 from cvm.config import read_yaml
+from cvm.contract import CAMPAIGN_TYPES
 from cvm.errors import InputError
 
 Method = Literal["two_model", "x_learner"]
@@ -150,13 +151,47 @@ def _regressor(encoder: _Encoder, seed: int) -> HistGradientBoostingRegressor:
     return HistGradientBoostingRegressor(**BOOSTING, categorical_features=encoder.categorical, random_state=seed)
 
 
-def _fit_arm(x: np.ndarray, y: np.ndarray, encoder: _Encoder, seed: int, calibration: Calibration,
-             monotone: Mapping[str, int] | None, what: str) -> Any:
+def _check_classes(y: np.ndarray, what: str) -> None:
     n_pos = int(y.sum())
     if min(n_pos, len(y) - n_pos) < MIN_CLASS:
         raise InputError(f"history: the {what} rows have {n_pos} converters and {len(y) - n_pos} non-converters; "
                          f"at least {MIN_CLASS} of each are needed. Add campaigns or use the prior table.")
-    return _classifier(encoder, seed, calibration, monotone).fit(x, y)
+
+
+def check_arms(history: pd.DataFrame, treatment_col: str = "group",
+               outcome_col: str = "converted") -> tuple[np.ndarray, np.ndarray]:
+    """(treated, converted) as 0/1 arrays, checked as an uplift model needs them: both arms present, each with at
+    least MIN_CLASS converters and non-converters; InputError otherwise."""
+    treated = _binary(history[treatment_col], "history", treatment_col)
+    _both_arms(treated, "history", treatment_col)
+    y = _binary(history[outcome_col], "history", outcome_col)
+    _check_classes(y[treated == 1], "treated")
+    _check_classes(y[treated == 0], "control")
+    return treated, y
+
+
+def offers_seen(history: pd.DataFrame, treated: np.ndarray, offer_cols: Sequence[str]) -> pd.DataFrame:
+    """Treated and control row counts of the history per combination of its offer columns (e.g. type, channel,
+    discount_pct); one row of totals without offer columns. The input of `has_history`."""
+    if not offer_cols:
+        return pd.DataFrame({"n_treated": [int(treated.sum())], "n_control": [int((treated == 0).sum())]})
+    grouped = history.assign(_t=treated).groupby(list(offer_cols), dropna=False)["_t"]
+    return grouped.agg(n_treated="sum", n_control=lambda s: int((s == 0).sum())).reset_index()
+
+
+def has_history(seen: pd.DataFrame, offer: Mapping[str, Any]) -> bool:
+    """True when the training data (`offers_seen`) had treated and control rows for this offer's categorical
+    attributes (type, channel) and the offer's discount lies within the discounts seen for them: a model trained on
+    it is not extrapolating."""
+    keys = [c for c in seen.columns if c in offer and c not in ("discount_pct", "n_treated", "n_control")]
+    rows = seen[(seen["n_treated"] > 0) & (seen["n_control"] > 0)]
+    for col in keys:
+        rows = rows[rows[col].astype("string") == str(offer[col])]
+    if rows.empty:
+        return False
+    if "discount_pct" in seen.columns and "discount_pct" in offer:
+        return bool(rows["discount_pct"].min() <= float(offer["discount_pct"]) <= rows["discount_pct"].max())
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -214,18 +249,8 @@ class UpliftModel:
                              "expected_order_value": value, "source": "model"}, index=customers.index)
 
     def has_history(self, offer: Mapping[str, Any]) -> bool:
-        """True when the training data had treated and control rows for this offer's categorical attributes (type,
-        channel) and the offer's discount lies within the discounts seen for them: the model is not extrapolating."""
-        seen = self.offers_seen
-        keys = [c for c in seen.columns if c in offer and c not in ("discount_pct", "n_treated", "n_control")]
-        rows = seen[(seen["n_treated"] > 0) & (seen["n_control"] > 0)]
-        for col in keys:
-            rows = rows[rows[col].astype("string") == str(offer[col])]
-        if rows.empty:
-            return False
-        if "discount_pct" in seen.columns and "discount_pct" in offer:
-            return bool(rows["discount_pct"].min() <= float(offer["discount_pct"]) <= rows["discount_pct"].max())
-        return True
+        """`has_history` of the training data: the model has seen this offer's type, channel and discount range."""
+        return has_history(self.offers_seen, offer)
 
 
 def fit_uplift_model(history: pd.DataFrame, features: Sequence[str], treatment_col: str = "group",
@@ -250,14 +275,12 @@ def fit_uplift_model(history: pd.DataFrame, features: Sequence[str], treatment_c
     needed = [*features, treatment_col, outcome_col] + ([value_col] if value_col else [])
     _require(history, needed, "history", "Pass value_col=None to fit without an order-value model."
              if value_col and value_col not in history.columns else "")
-    treated = _binary(history[treatment_col], "history", treatment_col)
-    _both_arms(treated, "history", treatment_col)
-    y = _binary(history[outcome_col], "history", outcome_col)
+    treated, y = check_arms(history, treatment_col, outcome_col)
     encoder = _Encoder.fit(history, features)
     x = encoder.transform(history, "history")
     t1, t0 = treated == 1, treated == 0
-    mu1 = _fit_arm(x[t1], y[t1], encoder, seed, calibration, monotone, "treated")
-    mu0 = _fit_arm(x[t0], y[t0], encoder, seed, calibration, monotone, "control")
+    mu1 = _classifier(encoder, seed, calibration, monotone).fit(x[t1], y[t1])
+    mu0 = _classifier(encoder, seed, calibration, monotone).fit(x[t0], y[t0])
     tau1 = tau0 = prop = None
     if method == "x_learner":
         d1 = y[t1] - mu0.predict_proba(x[t1])[:, 1]
@@ -275,13 +298,9 @@ def fit_uplift_model(history: pd.DataFrame, features: Sequence[str], treatment_c
             value_model = _regressor(encoder, seed).fit(x[rows], v[rows])
         elif rows.any():
             value_model = float(v[rows].mean())
-    offer_features = [c for c in offer_cols if c in features]
-    grouped = history.assign(_t=treated).groupby(offer_features, dropna=False)["_t"] if offer_features else None
-    offers_seen = (grouped.agg(n_treated="sum", n_control=lambda s: int((s == 0).sum())).reset_index()
-                   if grouped is not None else pd.DataFrame({"n_treated": [int(t1.sum())],
-                                                             "n_control": [int(t0.sum())]}))
-    return UpliftModel(method, encoder, mu1, mu0, tau1, tau0, prop, value_model, offers_seen,
-                       int(t1.sum()), int(t0.sum()), features)
+    seen = offers_seen(history, treated, [c for c in offer_cols if c in features])
+    return UpliftModel(method, encoder, mu1, mu0, tau1, tau0, prop, value_model, seen, int(t1.sum()), int(t0.sum()),
+                       features)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -426,26 +445,29 @@ class DiscountChoice:
     per_segment: pd.DataFrame
 
 
-def best_discount(scores: pd.DataFrame, margin_pct: float, cost_per_contact: float,
-                  customer_col: str = "customer_id", segment_col: str = "segment",
-                  discount_col: str = "discount_pct") -> DiscountChoice:
-    """The discount level that maximises expected incremental margin, per customer and per segment.
-
-    scores: one row per customer per discount level with p_treated, p_control, expected_order_value (e.g. from
-    `score_discounts`). per_customer: customer_col, segment_col, best discount, its p_treated / p_control / margin.
-    per_segment: one row per segment and level with n, mean rates and total expected margin; `best` marks the level
-    with the highest total (one discount for the whole segment). Ties go to the lower discount.
-    """
+def _margins(scores: pd.DataFrame, margin_pct: float, cost_per_contact: Any, customer_col: str, segment_col: str,
+             discount_col: str) -> pd.DataFrame:
+    """The scores' columns of `best_discount`, checked, with each row's expected incremental `margin`."""
     cols = [customer_col, segment_col, discount_col, "p_treated", "p_control", "expected_order_value"]
     _require(scores, cols, "scores")
     if scores["expected_order_value"].isna().any():
         raise InputError(f"scores: {int(scores['expected_order_value'].isna().sum())} rows have no "
                          "expected_order_value. Fit the model with a value_col or pass order_value_col.")
-    frame = scores[cols].assign(margin=incremental_margin(
+    return scores[cols].assign(margin=incremental_margin(
         scores["p_treated"], scores["p_control"], scores["expected_order_value"], margin_pct, scores[discount_col],
         cost_per_contact))
-    ordered = frame.sort_values([customer_col, "margin", discount_col], ascending=[True, False, True], kind="mergesort")
-    per_customer = ordered.drop_duplicates(customer_col).reset_index(drop=True)
+
+
+def segment_discounts(scores: pd.DataFrame, margin_pct: float, cost_per_contact: Any,
+                      customer_col: str = "customer_id", segment_col: str = "segment",
+                      discount_col: str = "discount_pct") -> pd.DataFrame:
+    """`best_discount`'s per_segment table: one row per segment and discount level with n, mean rates and total
+    expected margin; `best` marks the level with the highest total. Ties go to the lower discount."""
+    return _per_segment(_margins(scores, margin_pct, cost_per_contact, customer_col, segment_col, discount_col),
+                        customer_col, segment_col, discount_col)
+
+
+def _per_segment(frame: pd.DataFrame, customer_col: str, segment_col: str, discount_col: str) -> pd.DataFrame:
     per_segment = (frame.groupby([segment_col, discount_col], as_index=False)
                    .agg(n=(customer_col, "size"), p_treated=("p_treated", "mean"), p_control=("p_control", "mean"),
                         expected_order_value=("expected_order_value", "mean"), margin=("margin", "sum")))
@@ -453,7 +475,22 @@ def best_discount(scores: pd.DataFrame, margin_pct: float, cost_per_contact: flo
     top = (per_segment.sort_values([segment_col, "margin", discount_col], ascending=[True, False, True],
                                    kind="mergesort").drop_duplicates(segment_col).index)
     per_segment["best"] = per_segment.index.isin(top)
-    return DiscountChoice(per_customer, per_segment)
+    return per_segment
+
+
+def best_discount(scores: pd.DataFrame, margin_pct: float, cost_per_contact: float,
+                  customer_col: str = "customer_id", segment_col: str = "segment",
+                  discount_col: str = "discount_pct") -> DiscountChoice:
+    """The discount level that maximises expected incremental margin, per customer and per segment.
+
+    scores: one row per customer per discount level with p_treated, p_control, expected_order_value (e.g. from
+    `score_discounts`). per_customer: customer_col, segment_col, best discount, its p_treated / p_control / margin.
+    per_segment: `segment_discounts` (one discount for the whole segment). Ties go to the lower discount.
+    """
+    frame = _margins(scores, margin_pct, cost_per_contact, customer_col, segment_col, discount_col)
+    ordered = frame.sort_values([customer_col, "margin", discount_col], ascending=[True, False, True], kind="mergesort")
+    per_customer = ordered.drop_duplicates(customer_col).reset_index(drop=True)
+    return DiscountChoice(per_customer, _per_segment(frame, customer_col, segment_col, discount_col))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -672,6 +709,7 @@ def fit_response_model(df: pd.DataFrame, features: Sequence[str], outcome: str, 
     encoder = _Encoder.fit(df, features)
     x = encoder.transform(df, "contacts")
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
-    model = _fit_arm(x_tr, y_tr, encoder, seed, calibration, None, "training")
+    _check_classes(y_tr, "training")
+    model = _classifier(encoder, seed, calibration, None).fit(x_tr, y_tr)
     auc = float(roc_auc_score(y_te, model.predict_proba(x_te)[:, 1]))
     return ResponseModel(model, encoder, auc, float(y.mean()), len(y_tr), len(y_te))

@@ -14,6 +14,8 @@ import duckdb
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
@@ -32,19 +34,22 @@ SQL: dict[str, str] = {
         SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount
         FROM {table} WHERE CAST(order_date AS DATE) <= DATE '{as_of}' AND customer_id IS NOT NULL""",
     "kpis": """
-        WITH lines AS ({lines}),
-        win AS (SELECT * FROM lines WHERE d > DATE '{start}'),
+        WITH lines AS NOT MATERIALIZED ({lines}),
+        totals AS (
+            SELECT COUNT(DISTINCT customer_id) FILTER (WHERE amount >= 0) AS customers_to_date,
+                   COALESCE(SUM(amount) FILTER (WHERE d > DATE '{start}'), 0) AS revenue,
+                   COALESCE(SUM(amount) FILTER (WHERE d > DATE '{start}' AND amount > 0), 0) AS gross_revenue,
+                   COALESCE(-SUM(amount) FILTER (WHERE d > DATE '{start}' AND amount < 0), 0) AS returns
+            FROM lines),
         orders AS (
             SELECT customer_id, order_id, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
-            FROM win GROUP BY customer_id, order_id),
-        buys AS (SELECT * FROM orders WHERE net >= 0 AND has_buy = 1)
-        SELECT (SELECT COUNT(DISTINCT customer_id) FROM lines WHERE amount >= 0) AS customers_to_date,
-               (SELECT COUNT(DISTINCT customer_id) FROM buys) AS active_customers,
-               (SELECT COUNT(*) FROM buys) AS orders,
-               (SELECT COALESCE(SUM(net), 0) FROM buys) AS order_value,
-               (SELECT COALESCE(SUM(amount), 0) FROM win) AS revenue,
-               (SELECT COALESCE(SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END), 0) FROM win) AS gross_revenue,
-               (SELECT COALESCE(-SUM(CASE WHEN amount < 0 THEN amount ELSE 0 END), 0) FROM win) AS returns""",
+            FROM lines WHERE d > DATE '{start}' GROUP BY customer_id, order_id),
+        buys AS (
+            SELECT COUNT(DISTINCT customer_id) AS active_customers, COUNT(*) AS orders,
+                   COALESCE(SUM(net), 0) AS order_value
+            FROM orders WHERE net >= 0 AND has_buy = 1)
+        SELECT customers_to_date, active_customers, orders, order_value, revenue, gross_revenue, returns
+        FROM totals, buys""",
     "cohorts": """
         WITH lines AS ({lines}),
         days AS (
@@ -67,13 +72,14 @@ SQL: dict[str, str] = {
         FROM grid g LEFT JOIN cells c ON g.cohort = c.cohort AND g.periods_since = c.periods_since
         ORDER BY g.cohort, g.periods_since""",
     "acquired_revenue": """
-        WITH lines AS ({lines})
-        SELECT a.customer_id, a.g,
-               LEAST(GREATEST(CAST(FLOOR(date_diff('day', a.acq_date, l.d) / {month_days}) AS INTEGER), 0),
-                     a.obs_months) AS m,
-               SUM(l.amount) AS net
-        FROM acq_view a JOIN lines l ON a.customer_id = l.customer_id
-        GROUP BY ALL""",
+        WITH lines AS ({lines}),
+        rev AS (
+            SELECT a.pos, a.g, a.obs_months, l.amount,
+                   LEAST(GREATEST(CAST(FLOOR(date_diff('day', a.acq_date, l.d) / {month_days}) AS INTEGER), 0),
+                         a.obs_months) AS m
+            FROM acq_view a JOIN lines l ON a.customer_id = l.customer_id)
+        SELECT pos, g, m, obs_months, SUM(amount) AS net
+        FROM rev GROUP BY GROUPING SETS ((pos), (g, m), (g, obs_months))""",
 }
 
 
@@ -100,6 +106,53 @@ def _connection(source: duckdb.DuckDBPyConnection | pd.DataFrame, table: str) ->
 
 def _lines(table: str, as_of: date) -> str:
     return SQL["lines"].format(table=table, as_of=as_of.isoformat())
+
+
+def key_positions(values: pd.Series, keys: pd.Series | Sequence[Any]) -> np.ndarray:
+    """Position in `keys` of each of `values` (the first where a key repeats), -1 where absent: a hash lookup in
+    Arrow. pandas' isin, map, reindex and merge on the Arrow-backed strings of pandas 3 convert the keys one by one
+    or build slow indexes, which costs seconds per call at a million customers. Keys of another kind than the values
+    (not both text, not both integers) are matched by pandas."""
+    left, right = pa.array(values, from_pandas=True), pa.array(pd.Series(keys), from_pandas=True)
+    if len(right) == 0:
+        return np.full(len(left), -1, dtype=np.intp)
+    if right.type != left.type:
+        if not any(kind(left.type) and kind(right.type) for kind in (_is_text, pa.types.is_integer)):
+            keys = pd.Series(keys)
+            first = ~keys.duplicated().to_numpy()
+            found = pd.Index(keys[first]).get_indexer(pd.Series(values))
+            return np.where(found >= 0, np.flatnonzero(first)[found], -1)
+        right = right.cast(left.type)
+    if left.equals(right) and not repeated_keys(right):  # the same keys in the same order: nothing to look up
+        return np.arange(len(left))
+    return pc.index_in(left, value_set=right).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def repeated_keys(keys: pd.Series | pa.Array) -> int:
+    """How many keys repeat an earlier one (0 at once for strictly increasing keys, the usual sorted ids)."""
+    keys = keys if isinstance(keys, pa.Array) else pa.array(keys, from_pandas=True)
+    if len(keys) < 2 or (keys.null_count == 0 and pc.all(pc.less(keys[:-1], keys[1:])).as_py()):
+        return 0
+    return len(keys) - pc.count_distinct(keys, mode="all").as_py()
+
+
+def isin_keys(values: pd.Series, keys: pd.Series | Sequence[Any]) -> np.ndarray:
+    """values.isin(keys) as a boolean array, through `key_positions`."""
+    return key_positions(values, keys) >= 0
+
+
+def rows_at(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """The rows of `frame` at `positions` (from `key_positions`) with a fresh RangeIndex; all missing where the
+    position is -1, with the dtypes a left merge gives (integers become float, booleans object)."""
+    frame = frame.reset_index(drop=True)
+    if (positions < 0).any():
+        frame = frame.reindex(range(len(frame) + 1))
+        positions = np.where(positions < 0, len(frame) - 1, positions)
+    return frame.take(positions).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------- base KPIs
@@ -330,8 +383,9 @@ def ltv_cac(customers: pd.DataFrame, clv: pd.DataFrame, con: duckdb.DuckDBPyConn
                          f"costs must be >= 0.")
     acq = _acquisition(cust, id_col, date_cols, end)
     frame = pd.DataFrame({id_col: cust[id_col], "cac": cost, "acq_date": acq})
-    frame["acquisition_quarter"] = acq.dt.to_period("Q").astype("string")
     by = list(by)
+    if "acquisition_quarter" in by:
+        frame["acquisition_quarter"] = acq.dt.to_period("Q").astype("string")
     for col in by:
         if col == "acquisition_quarter":
             continue
@@ -339,23 +393,29 @@ def ltv_cac(customers: pd.DataFrame, clv: pd.DataFrame, con: duckdb.DuckDBPyConn
             raise InputError(f"ltv_cac: customers lack the grouping column '{col}'.")
         frame[col] = cust[col].astype("string").fillna("unknown")
     frame["g"] = frame[by[0]].astype("string").str.cat(frame[by[1:]].astype("string"), sep=" | ") if by else "all"
-    frame = frame.dropna(subset=["acq_date"])
-    future = clv.drop_duplicates(id_col).set_index(id_col)[clv_col]
-    frame["clv"] = pd.to_numeric(frame[id_col].map(future), errors="coerce").fillna(0.0)
+    frame = frame.dropna(subset=["acq_date"]).reset_index(drop=True)
+    future = pd.to_numeric(clv[clv_col], errors="coerce")
+    frame["clv"] = rows_at(future.to_frame(), key_positions(frame[id_col], clv[id_col])).iloc[:, 0].fillna(0.0)
     frame["obs_months"] = np.floor((pd.Timestamp(end) - frame["acq_date"]).dt.days / MONTH_DAYS
                                    ).clip(upper=max_months).astype("int64")
 
+    # One pass over the lines: net revenue per customer since acquisition, per group and month m since acquisition,
+    # and per group and observed months (Revenue of month j of customer i counts in the cumulative margin of months
+    # j .. obs_i - 1: +net at j, -net at obs_i, a difference array.)
     tx = _connection(con, table)
-    tx.register("acq_view", frame[[id_col, "g", "acq_date", "obs_months"]].rename(columns={id_col: "customer_id"}))
+    tx.register("acq_view", frame[[id_col, "g", "acq_date", "obs_months"]].rename(columns={id_col: "customer_id"})
+                .assign(pos=np.arange(len(frame))))
     try:
         rev = tx.execute(SQL["acquired_revenue"].format(lines=_lines(table, end), month_days=MONTH_DAYS)).df()
     finally:
         tx.unregister("acq_view")
-    frame["past_margin"] = frame[id_col].map(rev.groupby("customer_id")["net"].sum()).fillna(0.0) * margin
-
-    # Revenue of month j of customer i counts in the cumulative margin of months j .. obs_i - 1 (difference array).
-    rev["obs"] = rev["customer_id"].map(frame.set_index(id_col)["obs_months"])
-    delta = pd.concat([rev[["g", "m", "net"]], rev.assign(m=rev["obs"], net=-rev["net"])[["g", "m", "net"]]])
+    per_customer = rev[rev["pos"].notna()]
+    past = np.zeros(len(frame))
+    past[per_customer["pos"].to_numpy(dtype=np.intp)] = per_customer["net"].to_numpy(dtype=float)
+    frame["past_margin"] = past * margin
+    by_month = rev.loc[rev["m"].notna(), ["g", "m", "net"]]
+    by_obs = rev.loc[rev["obs_months"].notna(), ["g", "obs_months", "net"]].rename(columns={"obs_months": "m"})
+    delta = pd.concat([by_month, by_obs.assign(net=-by_obs["net"])]).astype({"m": "int64"})
     delta = delta.groupby(["g", "m"])["net"].sum()
     groups, rows = set(delta.index.get_level_values("g")), []
     for g, grp in frame.groupby("g", sort=True):

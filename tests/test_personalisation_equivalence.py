@@ -1,0 +1,195 @@
+"""The personalisation step's one-pass computations against their plain definitions, on the 5,000-customer demo and on
+hand-made cases: behaviour at each contact date (one DuckDB query) against `features.customer_features` cut at the
+day before each date, scoring variant by variant against scoring each variant's customers on their own, the demo's
+true values against `cvm.demo.true_response` row by row, and the candidate grid against the product of its levels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from cvm import clv, features as feat, offers as off, personalisation as pz, policy as pol, uplift
+from cvm.errors import InputError
+
+AS_OF = pd.Timestamp("2026-06-30")
+
+
+def _reference_behaviour(con: duckdb.DuckDBPyConnection, pairs: pd.DataFrame, fit: clv.BGNBDFit) -> pd.DataFrame:
+    """The definition: customer_features with calibration_end = the day before each date (as_of from as_of on), then
+    `pz.behaviour`; pairs whose customer has no transaction by then are left out."""
+    parts = []
+    for day in sorted(pairs["at"].unique()):
+        day = pd.Timestamp(day)
+        cal = None if day >= AS_OF else (day - pd.Timedelta(days=1)).date().isoformat()
+        f = feat.customer_features(con, AS_OF.date(), frequency_basis="days", time_unit="W", calibration_end=cal)
+        parts.append(pd.concat([f[["customer_id"]].assign(at=day), pz.behaviour(f, fit, 14)], axis=1))
+    return pd.concat(parts).merge(pairs.drop_duplicates(), on=["customer_id", "at"])
+
+
+def _compare(new: pd.DataFrame, ref: pd.DataFrame) -> None:
+    keys = ["customer_id", "at"]
+    pd.testing.assert_frame_equal(new.sort_values(keys).reset_index(drop=True),
+                                  ref.sort_values(keys).reset_index(drop=True)[list(new.columns)],
+                                  check_exact=False, rtol=1e-12, atol=0)
+
+
+@pytest.fixture(scope="module")
+def demo_con(demo_dir: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    for table in ("transactions", "contacts"):
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{demo_dir / (table + '.parquet')}')")
+    return con
+
+
+def test_behaviour_at_every_contact_equals_customer_features_per_date(demo_con: duckdb.DuckDBPyConnection):
+    """Known truth: the per-date definition. Every contact of the demo's history (orders returned after a contact
+    date included), plus pairs on as_of, after it, and before a customer's first transaction."""
+    f = feat.customer_features(demo_con, AS_OF.date(), frequency_basis="days", time_unit="W")
+    fit = clv.fit_bgnbd(*(f.loc[f["x"].notna() & (f["T"] > 0), c] for c in ("x", "t_x", "T")))
+    history = demo_con.table("contacts").df()
+    early = f["first_purchase"].quantile(0.05).normalize()   # most of these customers have not bought yet
+    pairs = pd.concat([history[["customer_id", "contact_date"]].rename(columns={"contact_date": "at"}),
+                       pd.DataFrame({"customer_id": f["customer_id"].iloc[:50],
+                                     "at": np.repeat([AS_OF, AS_OF + pd.Timedelta(days=7)], 25)}),
+                       pd.DataFrame({"customer_id": f["customer_id"].iloc[:200], "at": early})])
+    pairs["at"] = pd.to_datetime(pairs["at"]).dt.normalize().astype("datetime64[us]")
+    new = pz.behaviour_at(demo_con, AS_OF, pairs, fit, 14)
+    ref = _reference_behaviour(demo_con, pairs, fit)
+    assert len(new) == len(ref) > len(history) * 0.9
+    assert 0 < (new["at"] == early).sum() < 200
+    _compare(new, ref)
+
+
+def test_behaviour_at_hand_made_returns_and_gaps():
+    """Truth by hand, and the per-date definition. Customer A buys order o1 (100) on 1 Jun and o2 (50) on 3 Jun and
+    returns 120 of o1 on 5 Jun: on 4 Jun 2 purchase days, 2 orders, 75 per order; on 6 Jun o1's net is -20, so one
+    purchase order and 30 net per order, still 2 purchase days (5 Jun has only a return). B has only a return line; C
+    a zero-value purchase; D buys after the contact date and is left out."""
+    lines = pd.DataFrame({
+        "customer_id": ["A", "A", "A", "A", "B", "C", "D"],
+        "order_id": ["o1", "o1", "o2", "o1", "r1", "z1", "d1"],
+        "order_date": pd.to_datetime(["2026-06-01", "2026-06-01", "2026-06-03", "2026-06-05", "2026-06-02",
+                                      "2026-06-02", "2026-06-20"]),
+        "amount": [60.0, 40.0, 50.0, -120.0, -30.0, 0.0, 10.0]})
+    con = duckdb.connect()
+    con.register("transactions", lines)
+    fit = clv.BGNBDFit(r=0.5, alpha=5.0, a=0.8, b=2.5, log_likelihood=0.0, se={}, converged=True, n_customers=4,
+                       iterations=0)
+    pairs = pd.DataFrame({"customer_id": ["A", "A", "B", "C", "D"],
+                          "at": pd.to_datetime(["2026-06-05", "2026-06-07", "2026-06-10", "2026-06-10",
+                                                "2026-06-10"]).astype("datetime64[us]")})
+    new = pz.behaviour_at(con, AS_OF, pairs, fit, 14).set_index(["customer_id", "at"])
+    a4, a6 = new.loc[("A", pd.Timestamp("2026-06-05"))], new.loc[("A", pd.Timestamp("2026-06-07"))]
+    assert (a4["purchase_days"], a4["avg_order_value"], a4["days_since_last"], a4["days_since_first"]) == (2, 75, 1, 3)
+    assert (a6["purchase_days"], a6["avg_order_value"], a6["days_since_last"]) == (2, 30, 3)
+    assert np.isnan(new.loc[("B", pd.Timestamp("2026-06-10")), "avg_order_value"])
+    assert new.loc[("C", pd.Timestamp("2026-06-10")), "purchase_days"] == 1
+    assert "D" not in new.index.get_level_values("customer_id")
+    _compare(new.reset_index(), _reference_behaviour(con, pairs, fit))
+
+
+@pytest.fixture(scope="module")
+def demo_setup(demo_dir: Path, demo_con: duckdb.DuckDBPyConnection) -> pz.Setup:
+    """A Setup on the demo: the customers file with behaviour at as_of and stand-ins for the knowledge step's columns
+    the offers' eligibility reads (segments in turn, clv = order value x purchase days)."""
+    f = feat.customer_features(demo_con, AS_OF.date(), frequency_basis="days", time_unit="W")
+    fit = clv.fit_bgnbd(*(f.loc[f["x"].notna() & (f["T"] > 0), c] for c in ("x", "t_x", "T")))
+    now = pd.concat([f[["customer_id", "last_purchase", "recency_days", "n_orders"]], pz.behaviour(f, fit, 14)], axis=1)
+    customers = pd.read_csv(demo_dir / "customers.csv").merge(now, on="customer_id")
+    segments = ["Champions", "Loyal", "Potential Loyalist", "Need Attention", "At Risk", "Can't Lose Them",
+                "About to Sleep", "Hibernating", "Lost"]
+    customers["rfm_segment"] = np.array(segments)[np.arange(len(customers)) % len(segments)]
+    customers["expected_order_value"] = customers["avg_order_value"].fillna(40.0).clip(lower=1.0)
+    customers["clv"] = customers["expected_order_value"] * customers["purchase_days"]
+    rules = Path(pz.__file__).with_name("rules")
+    offers = off.load_offers(rules / "offers_demo.yaml")
+    policy = pol.load_policy(rules / "contact_policy_demo.yaml")
+    return pz.Setup(AS_OF, customers, pd.DataFrame(), offers, policy, demo_con.table("contacts").df(),
+                    pd.read_csv(demo_dir / "campaigns.csv"), pz.launch_dates(AS_OF, "", 2), fit, 14)
+
+
+def test_score_equals_scoring_each_variant_on_its_own(demo_setup: pz.Setup, demo_con: duckdb.DuckDBPyConnection):
+    """Known truth: the plain definition of `score`, each (offer, channel, discount) variant scoring its own
+    customers (`uplift.score_offer`, purchase baseline), rows in variant order; model and prior variants both."""
+    est = pz.learn(demo_setup, demo_con, "residual", seed=1)
+    assert isinstance(est.model, pz.ResidualUplift)
+    cands, _ = pz.candidate_contacts(demo_setup)
+    scored = pz.score(demo_setup, est, cands)
+    cust = demo_setup.customers.set_index("customer_id")
+    parts = []
+    for v in cands[["offer_id", "campaign_type", "channel", "discount_pct"]].drop_duplicates().itertuples():
+        rows = cands[(cands["offer_id"] == v.offer_id) & (cands["channel"] == v.channel)
+                     & (cands["discount_pct"] == v.discount_pct)]
+        who = cust.loc[rows["customer_id"]].reset_index()
+        s = uplift.score_offer(who, {"type": v.campaign_type, "channel": v.channel, "discount_pct": v.discount_pct},
+                               est.model, est.priors, "rfm_segment", "expected_order_value")
+        s = pz._with_baseline(s, who)
+        parts.append(rows.reset_index(drop=True).join(s.drop(columns="source")).assign(source=s["source"]))
+    ref = pd.concat(parts, ignore_index=True)
+    assert set(ref["source"]) == {"model", "prior"}
+    pd.testing.assert_frame_equal(scored.drop(columns="value"), ref)
+
+
+def test_residual_learner_scores_with_the_purchase_baseline(demo_setup: pz.Setup,
+                                                             demo_con: duckdb.DuckDBPyConnection):
+    """The residual learner's P(convert | not contacted) is the purchase model's; with baseline "uplift_model" the
+    two-model scores instead. The row cap draws a seeded subset (None and a cap above the rows fit the same)."""
+    est = pz.learn(demo_setup, demo_con, "residual", seed=1)
+    who = demo_setup.customers.head(200)
+    pred = est.model.predict(who, {"type": "retention", "channel": "email", "discount_pct": 10.0})
+    np.testing.assert_array_equal(pred["p_control"], pz.baseline_rate(who))
+    np.testing.assert_allclose(pred["uplift"], pred["p_treated"] - pred["p_control"])
+    two = pz.learn(demo_setup, demo_con, "residual", seed=1, baseline="uplift_model")
+    assert isinstance(two.model, uplift.UpliftModel)
+    h = est.history
+    n = int((h["group"] == "treatment").sum())
+    offer = {"type": "retention", "channel": "email", "discount_pct": 10.0}
+    full = pz.fit_residual_uplift(h, seed=3, max_rows=None).uplift(who, offer)
+    np.testing.assert_array_equal(pz.fit_residual_uplift(h, seed=3, max_rows=n).uplift(who, offer), full)
+    half = [pz.fit_residual_uplift(h, seed=3, max_rows=n // 2).uplift(who, offer) for _ in range(2)]
+    np.testing.assert_array_equal(half[0], half[1])
+    assert not np.array_equal(half[0], full)
+    with pytest.raises(InputError, match="baseline"):
+        pz.learn(demo_setup, demo_con, "residual", baseline="control_group")
+
+
+def test_true_values_equal_true_response_row_by_row(demo_dir: Path, demo_setup: pz.Setup):
+    """Known truth: `cvm.demo.true_response` for each row on its own, the margin less the contact cost; a customer
+    without truth earns 0 and pays the contact."""
+    from cvm import demo
+
+    truth = demo.load_truth(demo_dir)
+    cands, _ = pz.candidate_contacts(demo_setup)
+    rows = cands.sample(300, random_state=0)
+    rows.loc[rows.index[0], "customer_id"] = "no-such-customer"
+    got = pz.true_values(rows, truth)
+    ct = truth.customer_truth.set_index("customer_id")
+    for i, r in rows.iterrows():
+        if r["customer_id"] not in ct.index:
+            assert got[i] == -r["cost"]
+            continue
+        t = demo.true_response(ct.loc[[r["customer_id"]]].reset_index(), r["campaign_type"], r["channel"],
+                               r["discount_pct"], truth)
+        want = uplift.incremental_margin(t["p_treated"], t["p_control"], t["expected_order_value"], r["margin_pct"],
+                                         r["discount_pct"], 0.0)[0] - r["cost"]
+        assert got[i] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_build_candidates_is_the_product_of_customers_channels_and_discounts():
+    """Known truth: the grid as the product of its levels (customers outermost, discounts innermost), per offer and
+    valid date, with the channel's contact cost."""
+    offer = off.Offer("A", "Offer A", "retention", ("email", "sms"), (0.0, 10.0, 20.0), 40.0,
+                      {"email": 0.02, "sms": 0.07}, {"tier": {"in": ["gold"]}})
+    customers = pd.DataFrame({"customer_id": ["c1", "c2", "c3"], "tier": ["gold", "silver", "gold"]})
+    dates = [pd.Timestamp("2026-07-07"), pd.Timestamp("2026-07-14")]
+    got = off.build_candidates(customers, [offer], dates)
+    ref = pd.concat([pd.MultiIndex.from_product([["c1", "c3"], offer.channels, offer.discount_levels],
+                                                names=["customer_id", "channel", "discount_pct"]).to_frame(index=False)
+                     .assign(offer_id="A", campaign_type="retention", contact_date=day)
+                     for day in dates], ignore_index=True)
+    ref["cost"] = ref["channel"].map(offer.cost_per_contact)
+    ref["margin_pct"] = 40.0
+    pd.testing.assert_frame_equal(got, ref[list(got.columns)])
