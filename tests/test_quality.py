@@ -62,6 +62,25 @@ def test_dates_with_a_format_and_decimal_comma() -> None:
     assert v.kept["order_date"].iloc[0] == pd.Timestamp("2025-01-31")
 
 
+def test_dates_with_different_utc_offsets_are_read_in_utc() -> None:
+    """Times with offsets that differ between rows (a daylight-saving change) are converted to UTC, not an error."""
+    frame = pd.DataFrame({"customer_id": ["A", "B"], "order_id": ["1", "2"], "amount": ["1", "2"],
+                          "order_date": ["2025-03-29 23:30:00+01:00", "2025-03-31 10:00:00+02:00"]})
+    v = validate("transactions", frame, AS_OF)
+    assert list(v.kept["order_date"]) == [pd.Timestamp("2025-03-29 22:30"), pd.Timestamp("2025-03-31 08:00")]
+
+
+def test_amount_from_quantity_and_price_rejects_rows_missing_either() -> None:
+    """Without an amount column, a row lacking quantity or unit_price is rejected with its reason (amount is required),
+    not left to fail the schema check."""
+    frame = pd.DataFrame({"customer_id": ["A", "B", "C"], "order_id": ["1", "2", "3"],
+                          "order_date": ["2025-01-01"] * 3, "quantity": ["2", None, "1"],
+                          "unit_price": ["5", "3", ""]})
+    v = validate("transactions", frame, AS_OF, source="lines.csv")
+    assert list(v.kept["amount"]) == [10.0]
+    assert v.reasons == {"missing quantity or unit_price (amount = quantity x unit_price)": 2}
+
+
 def test_all_rows_rejected_is_an_error() -> None:
     frame = tx(customer_id=[None] * 7)
     with pytest.raises(InputError, match=r"every one of the 7 rows of file f.csv was rejected \(missing customer_id: 7"):

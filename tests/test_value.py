@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from cvm.errors import InputError
-from cvm.value import (base_kpis, cohort_retention, isin_keys, key_positions, ltv_cac, ltv_cac_missing_sentence, pareto,
-                       pareto_headline, plot_cohort_heatmap, plot_pareto, repeated_keys, rows_at)
+from cvm.value import (base_kpis, cohort_retention, ltv_cac, ltv_cac_missing_sentence, pareto, pareto_headline,
+                       plot_cohort_heatmap, plot_pareto)
 
 matplotlib.use("Agg")
 AS_OF = "2024-03-15"
@@ -192,25 +192,3 @@ def test_online_retail_published_totals(real_data: Path) -> None:
     k = base_kpis(tx, "2011-12-10", active_days=400)
     assert (k["active_customers"], k["orders"]) == (4_339, 18_536)
     assert k["revenue"] == pytest.approx(8_911_407.90, abs=0.05)
-
-
-def test_key_lookups_equal_pandas_on_the_demo_ids(demo_dir: Path) -> None:
-    """key_positions / isin_keys / rows_at give what pandas' merge and isin give, on the demo's customer ids (Arrow
-    strings), with customers missing from the part, ids in another order, integer and boolean columns that a left
-    merge turns into float and object, and keys of another type or repeated."""
-    ids = pd.read_csv(demo_dir / "customers.csv", usecols=["customer_id"], dtype={"customer_id": "str"})["customer_id"]
-    part = ids.sample(frac=0.6, random_state=1).to_frame().reset_index(drop=True)
-    part["n"] = np.arange(len(part))
-    part["flag"] = part["n"] % 3 == 0
-    part["value"] = np.linspace(0, 1, len(part)).astype("float32")
-    expected = ids.to_frame().merge(part, on="customer_id", how="left")
-    got = pd.concat([ids.to_frame(), rows_at(part.drop(columns="customer_id"),
-                                             key_positions(ids, part["customer_id"]))], axis=1)
-    pd.testing.assert_frame_equal(got, expected)
-    assert (isin_keys(ids, part["customer_id"]) == ids.isin(part["customer_id"]).to_numpy()).all()
-    assert (key_positions(ids, ids) == np.arange(len(ids))).all()                      # same keys: no lookup
-    assert key_positions(pd.Series(["a", "b", "c"]), ["c", "a", "c"]).tolist() == [1, -1, 0]    # first of a repeat
-    assert key_positions(pd.Series([1, 2, 3]), ["1", "3"]).tolist() == [-1, -1, -1]   # text never matches numbers
-    assert key_positions(pd.Series([1, 2, 3]), [3.0, 1.5]).tolist() == [-1, -1, 0]
-    assert key_positions(pd.Series(["a"]), pd.Series([], dtype=object)).tolist() == [-1]
-    assert repeated_keys(ids) == 0 and repeated_keys(pd.Series(["a", "b", "a", None, None])) == 2

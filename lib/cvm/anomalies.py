@@ -19,7 +19,8 @@ import pandas as pd
 
 from cvm.config import read_yaml
 from cvm.errors import InputError
-from cvm.value import _connection, _to_date, key_positions, rows_at
+from cvm.keys import key_positions, rows_at
+from cvm.value import _connection, _to_date
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "anomalies.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,

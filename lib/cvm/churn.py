@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cvm.errors import InputError
-from cvm.value import key_positions
+from cvm.keys import key_positions
 
 #: When a trained classifier is worth it (business rule as data): calibration at least this many times the holdout
 #: length, and enough customers of each class for a stable validation AUC.

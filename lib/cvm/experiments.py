@@ -16,7 +16,7 @@ Methods, in one line each:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,6 +36,7 @@ from statsmodels.stats.proportion import (
 )
 
 from cvm.errors import InputError
+from cvm.keys import per_distinct
 
 RULES_PATH = Path(__file__).parent / "rules" / "recommendations.yaml"
 #: resampled rows per chunk of bootstrap draws: 1 MB of indices stays in the CPU cache between drawing and summing
@@ -701,13 +702,6 @@ def _simpson_weights(grid: np.ndarray) -> np.ndarray:
     w = np.ones(len(grid))
     w[1:-1:2], w[2:-1:2] = 4, 2
     return w * h / 3
-
-
-def per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:
-    """`transform` of each value, worked out once per distinct value (contacts repeat a few dates, groups and
-    campaigns over millions of rows); missing values stay missing."""
-    codes, distinct = pd.factorize(values)
-    return transform(pd.Series(distinct)).reindex(codes).set_axis(values.index)
 
 
 def period_bound(dates: pd.Series, freq: str = "W-SUN", edge: Literal["start", "end"] = "start") -> pd.Series:

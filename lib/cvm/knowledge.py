@@ -19,7 +19,7 @@ from cvm import features as feat
 from cvm.config import RunConfig
 from cvm.engine import DuckDBEngine, Engine, spark_engine
 from cvm.errors import InputError
-from cvm.value import isin_keys, key_positions, repeated_keys, rows_at
+from cvm.keys import isin_keys, key_positions, repeated_keys, rows_at
 
 #: columns every later step relies on, in this order (then consents and descriptive attributes)
 KNOWLEDGE_COLUMNS = ["customer_id", "recency_days", "frequency", "monetary", "n_orders", "last_purchase", "r_score",
@@ -168,7 +168,7 @@ def clv_sentence(scores: pd.DataFrame, horizon_months: int) -> str:
 def assemble(customer: pd.DataFrame, features: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
     """`customer_knowledge`: one row per customer of the customer view, every model's columns joined on customer_id,
     then consents and descriptive attributes carried from the customer table (left joins on a unique key, matched
-    through Arrow, `cvm.value.key_positions`)."""
+    through Arrow, `cvm.keys.key_positions`)."""
     ids = customer["customer_id"].drop_duplicates().reset_index(drop=True)
     cols = {"recency_days": "recency_days", "frequency": "frequency", "monetary_total": "monetary",
             "n_orders": "n_orders", "last_purchase": "last_purchase"}

@@ -29,6 +29,7 @@ from cvm import customer_db
 from cvm import experiments as ex
 from cvm.config import RunConfig
 from cvm.errors import InputError
+from cvm.keys import per_distinct
 
 RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
 FUNNEL = ("delivered", "opened", "clicked")
@@ -276,7 +277,7 @@ def prepare(contacts: pd.DataFrame, *, as_of: date | str, campaigns: pd.DataFram
     notes: list[str] = []
     frame = contacts.reset_index(drop=True)  # a new frame: with copy-on-write, changing it leaves `contacts` alone
     frame["campaign_id"] = frame["campaign_id"].astype("string")
-    frame["group"] = ex.per_distinct(frame["group"].astype("string"), lambda g: g.str.lower())
+    frame["group"] = per_distinct(frame["group"].astype("string"), lambda g: g.str.lower())
     arm = frame["arm"].astype("string") if "arm" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
     frame["arm"] = arm.fillna(frame["group"])
     has_ids = "customer_id" in frame.columns and frame["customer_id"].notna().any()

@@ -32,6 +32,7 @@ from cvm import features as feat
 from cvm import offers as off
 from cvm import policy as pol
 from cvm.errors import InputError
+from cvm.keys import key_positions
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
 #: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)
@@ -594,7 +595,7 @@ def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str) ->
     cust = setup.customers[need]
     variants = _variants(cands)
     out = cands.take(variants.order).reset_index(drop=True)
-    position = pol.positions(out["customer_id"], setup.customers["customer_id"])
+    position = key_positions(out["customer_id"], setup.customers["customer_id"])
     if (position < 0).any():
         raise InputError(f"candidates: {int((position < 0).sum())} rows have a customer_id that is not in the "
                          "customers; build them with candidate_contacts.")
@@ -682,7 +683,7 @@ def make_plan(setup: Setup, scored: pd.DataFrame, cap: pd.Series, max_exact_rows
     rows["arm"] = (rows["discount_pct"].map({d: f"{d:g}pct" for d in rows["discount_pct"].unique()}) + "_"
                    + rows["channel"].astype(str))
     seg = setup.customers[setup.segment_col].astype("string").array
-    where = pol.positions(rows["customer_id"], setup.customers["customer_id"])
+    where = key_positions(rows["customer_id"], setup.customers["customer_id"])
     rows[setup.segment_col] = pd.Series(seg.take(where, allow_fill=True), index=rows.index).fillna("unknown")
     shares = control_shares(rows, setup.policy)
     if len(rows):
@@ -937,7 +938,7 @@ def true_values(scored: pd.DataFrame, truth: Any) -> pd.Series:
     from cvm import demo
 
     ct = truth.customer_truth
-    position = pol.positions(scored["customer_id"], ct["customer_id"])
+    position = key_positions(scored["customer_id"], ct["customer_id"])
     gain = np.zeros(len(scored))
     variants = _variants(scored)
     for v, rows in variants.slices():

@@ -15,7 +15,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from cvm.errors import InputError
-from cvm.value import key_positions, repeated_keys, rows_at
+from cvm.keys import key_positions, repeated_keys, rows_at
 
 MINIBATCH_ABOVE = 200_000
 #: Behavioural columns used when present; the first five are log1p-transformed (right-skewed, >= 0).

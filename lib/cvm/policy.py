@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from cvm.assignment import Constraints
 from cvm.config import read_yaml
 from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.errors import InputError
+from cvm.keys import key_positions
 from cvm.offers import Offer
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
@@ -149,15 +148,6 @@ def _as_bool(values: pd.Series) -> np.ndarray:
     return values.astype("string").str.strip().str.lower().isin(_TRUE).fillna(False).to_numpy(dtype=bool)
 
 
-def positions(values: pd.Series | pd.Index, keys: pd.Series | pd.Index) -> np.ndarray:
-    """Position of each value in `keys` (unique values), -1 where absent: `pd.Index(keys).get_indexer(values)`, with
-    Arrow-backed strings (pandas' default) matched in Arrow, which pandas would first turn into Python objects."""
-    if all(getattr(x.dtype, "storage", None) == "pyarrow" for x in (values, keys)):
-        found = pc.index_in(pa.array(values.array), value_set=pa.chunked_array(pa.array(keys.array)).combine_chunks())
-        return found.fill_null(-1).to_numpy().astype(np.int64)
-    return pd.Index(keys).get_indexer(values)
-
-
 def _days(dates: pd.Series | pd.Index, as_of: pd.Timestamp, table: str, column: str) -> np.ndarray:
     d = pd.to_datetime(dates, errors="coerce")
     bad = int(pd.isna(d).sum())
@@ -175,7 +165,7 @@ def _history_keys(history: pd.DataFrame, customers: pd.Index, as_of: pd.Timestam
     h = history
     if group_col in h.columns:
         h = h[h[group_col].astype("string").fillna("treatment") != "control"]
-    code = positions(h[customer_col], customers)
+    code = key_positions(h[customer_col], customers)
     day = _days(h[date_col], as_of, "history (contacts)", date_col)
     keep = code >= 0
     return np.sort(code[keep] * _SPAN + day[keep] + _OFFSET)
@@ -214,7 +204,7 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
     if len(launches) > 1 and np.diff(launches).min() < spacing:
         raise InputError(f"candidates: contact dates must be at least {spacing} days apart (week_days / "
                          "min_days_between of the policy); merge close launches into one date.")
-    code = positions(candidates[customer_col], cust.index)
+    code = key_positions(candidates[customer_col], cust.index)
     unknown = int((code < 0).sum())
     if unknown:
         raise InputError(f"candidates: {unknown} rows have a {customer_col} that is not in customers; "
@@ -294,7 +284,7 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
     p = p.reset_index(drop=True)
     ids = [c for c in (customer_col, "offer_id", "channel", date_col) if c in p.columns]
     cust = customers.drop_duplicates(customer_col).set_index(customer_col)
-    code = positions(p[customer_col], cust.index)
+    code = key_positions(p[customer_col], cust.index)
     found = []
     if (code < 0).any():
         found.append(_violations("unknown customer", p.loc[code < 0, ids], "customer not in the customers table"))

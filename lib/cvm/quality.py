@@ -88,10 +88,11 @@ def _to_date(series: pd.Series, text: pd.Series | None, date_format: str | None)
         out = series
     else:
         text = _text(series) if text is None else text
-        if date_format:
-            out = pd.to_datetime(text, format=date_format, errors="coerce")
-        else:
-            out = pd.to_datetime(text, errors="coerce", format="mixed")
+        options = {"format": date_format or "mixed", "errors": "coerce"}
+        try:
+            out = pd.to_datetime(text, **options)
+        except ValueError:  # offsets that differ between rows: each time converted to UTC
+            out = pd.to_datetime(text, utc=True, **options).dt.tz_convert(None)
     if getattr(out.dt, "tz", None) is not None:
         out = out.dt.tz_localize(None)
     return out.astype("datetime64[us]")
@@ -213,6 +214,8 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
             out["order_id"] = "row-" + pd.Series(np.arange(1, len(out) + 1), index=out.index).astype("string")
         if "amount" not in frame.columns:
             out["amount"] = out["quantity"] * out["unit_price"]
+            bad_masks["missing quantity or unit_price (amount = quantity x unit_price)"] = (
+                out["quantity"].isna() | out["unit_price"].isna())
             bad_masks["non-numeric amount"] = out["amount"].isna() & out["quantity"].notna() & out["unit_price"].notna()
         out["is_return"] = (out["amount"] < 0).fillna(False)
         if "quantity" in out.columns:

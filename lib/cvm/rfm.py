@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from cvm.config import named_item, read_yaml
 from cvm.errors import InputError
-from cvm.value import key_positions
+from cvm.keys import key_positions
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "rfm_segments.yaml"
 OTHER = "Other"

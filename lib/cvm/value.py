@@ -14,14 +14,13 @@ import duckdb
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from cvm.errors import InputError
 from cvm.features import table_columns
+from cvm.keys import key_positions, rows_at
 
 #: Days per month used for "months since acquisition".
 MONTH_DAYS = 365.25 / 12
@@ -106,53 +105,6 @@ def _connection(source: duckdb.DuckDBPyConnection | pd.DataFrame, table: str) ->
 
 def _lines(table: str, as_of: date) -> str:
     return SQL["lines"].format(table=table, as_of=as_of.isoformat())
-
-
-def key_positions(values: pd.Series, keys: pd.Series | Sequence[Any]) -> np.ndarray:
-    """Position in `keys` of each of `values` (the first where a key repeats), -1 where absent: a hash lookup in
-    Arrow. pandas' isin, map, reindex and merge on the Arrow-backed strings of pandas 3 convert the keys one by one
-    or build slow indexes, which costs seconds per call at a million customers. Keys of another kind than the values
-    (not both text, not both integers) are matched by pandas."""
-    left, right = pa.array(values, from_pandas=True), pa.array(pd.Series(keys), from_pandas=True)
-    if len(right) == 0:
-        return np.full(len(left), -1, dtype=np.intp)
-    if right.type != left.type:
-        if not any(kind(left.type) and kind(right.type) for kind in (_is_text, pa.types.is_integer)):
-            keys = pd.Series(keys)
-            first = ~keys.duplicated().to_numpy()
-            found = pd.Index(keys[first]).get_indexer(pd.Series(values))
-            return np.where(found >= 0, np.flatnonzero(first)[found], -1)
-        right = right.cast(left.type)
-    if left.equals(right) and not repeated_keys(right):  # the same keys in the same order: nothing to look up
-        return np.arange(len(left))
-    return pc.index_in(left, value_set=right).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def repeated_keys(keys: pd.Series | pa.Array) -> int:
-    """How many keys repeat an earlier one (0 at once for strictly increasing keys, the usual sorted ids)."""
-    keys = keys if isinstance(keys, pa.Array) else pa.array(keys, from_pandas=True)
-    if len(keys) < 2 or (keys.null_count == 0 and pc.all(pc.less(keys[:-1], keys[1:])).as_py()):
-        return 0
-    return len(keys) - pc.count_distinct(keys, mode="all").as_py()
-
-
-def isin_keys(values: pd.Series, keys: pd.Series | Sequence[Any]) -> np.ndarray:
-    """values.isin(keys) as a boolean array, through `key_positions`."""
-    return key_positions(values, keys) >= 0
-
-
-def rows_at(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
-    """The rows of `frame` at `positions` (from `key_positions`) with a fresh RangeIndex; all missing where the
-    position is -1, with the dtypes a left merge gives (integers become float, booleans object)."""
-    frame = frame.reset_index(drop=True)
-    if (positions < 0).any():
-        frame = frame.reindex(range(len(frame) + 1))
-        positions = np.where(positions < 0, len(frame) - 1, positions)
-    return frame.take(positions).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------- base KPIs
