@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
 
 from cvm import customer_db as db
@@ -125,3 +127,30 @@ def test_customer_with_only_returns_has_zero_orders(tmp_path: Path) -> None:
     customer = db.connect(tmp_path).execute("SELECT * FROM customer").df().set_index("customer_id")
     assert customer.loc["R", "n_orders"] == 0 and customer.loc["R", "net_revenue"] == -6.0
     assert customer.loc["P", "n_orders"] == 0 and customer.loc["P", "net_revenue"] == 3.0  # a line without order id
+
+
+def test_row_batches_give_duckdb_the_same_table_as_the_pandas_frame() -> None:
+    """Arrow batches of the row-group size: same column types, values (NaN, NaT and NA as NULL) and row order as
+    DuckDB's scan of the frame; a frame with an object column is handed over as it is."""
+    n = db.ROW_GROUP_ROWS + 5  # two batches, the second partial
+    frame = pd.DataFrame({
+        "amount": np.where(np.arange(n) % 7 == 0, np.nan, np.arange(n) * 0.5),
+        "order_date": pd.Series(pd.to_datetime("2025-01-01") + pd.to_timedelta(np.arange(n) % 400, "D")).mask(
+            np.arange(n) % 11 == 0).astype("datetime64[us]"),
+        "customer_id": pd.array([None if i % 13 == 0 else f"C{i}" for i in range(n)], dtype="string"),
+        "consent": pd.array([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], dtype="boolean"),
+        "is_return": np.arange(n) % 5 == 0,
+        "units": pd.array([None if i % 17 == 0 else i for i in range(n)], dtype="Int64"),
+    })
+    frame = pd.concat([frame.iloc[:1000], frame.iloc[1001:]])  # chunked text columns, as validation leaves them
+    with duckdb.connect() as con:
+        con.register("as_pandas", frame)
+        con.register("as_batches", db._row_batches(frame))
+        con.execute("CREATE TABLE p AS SELECT * FROM as_pandas")
+        con.execute("CREATE TABLE b AS SELECT * FROM as_batches")
+        assert con.execute("DESCRIBE p").fetchall() == con.execute("DESCRIBE b").fetchall()
+        differing = con.execute("SELECT COUNT(*) FROM (SELECT * FROM p) x POSITIONAL JOIN (SELECT * FROM b) y WHERE "
+                                + " OR ".join(f"x.{c} IS DISTINCT FROM y.{c}" for c in frame.columns)).fetchone()[0]
+        assert differing == 0 and con.execute("SELECT COUNT(*) FROM b").fetchone()[0] == n - 1
+    mixed = pd.DataFrame({"extra": pd.Series([1, "a"], dtype=object)})
+    assert db._row_batches(mixed) is mixed

@@ -371,6 +371,8 @@ def bench_size(customers: int, seed: int = 42, work: Path = DEFAULT_WORK, config
     windows, cells = attribute(result, rules["steps"])
     windows = tile(start, end, windows)
     times, rss = sampler.times, sampler.rss
+    cells["peak_rss_mb"] = [window_peak(times, rss, [Window(c.step, c.start, c.end)]) / MB
+                            for c in cells.itertuples(index=False)]
     steps = step_table(windows, times, rss, sampler.cpu)
     if not keep:
         _remove_run(result.run_dir)
@@ -516,6 +518,10 @@ def format_size(size: SizeResult, cells_shown: int = 8) -> str:
     lines.append("  slowest cells:")
     for row in size.cells.nlargest(cells_shown, "seconds").itertuples(index=False):
         lines.append(f"    {row.seconds:>7.1f} s  {row.notebook} {row.cell:<8} [{row.step}] {row.code}")
+    if "peak_rss_mb" in size.cells:
+        lines.append("  cells at the highest memory (peak RSS of runner + kernel while the cell ran):")
+        for row in size.cells.nlargest(min(cells_shown, 4), "peak_rss_mb").itertuples(index=False):
+            lines.append(f"    {row.peak_rss_mb:>7,.0f} MB {row.notebook} {row.cell:<8} [{row.step}] {row.code}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ DB_NAME = "customer.duckdb"
 #: validated tables held in memory at 1M customers; the customer view needs about 0.25 GB per million customers.
 BUILD_MEMORY_LIMIT = "1GB"
 ID_SOURCES = ("transactions", "customers", "loyalty", "contacts")
+#: rows per Arrow batch handed to DuckDB: its row-group size, so that each batch fills one row group (Arrow chunks of
+#: other sizes leave partial row groups, which DuckDB rewrites when it checkpoints the file: slower than a pandas scan)
+ROW_GROUP_ROWS = 122_880
 
 
 def load_and_validate(config: RunConfig) -> dict[str, Validated]:
@@ -93,8 +96,7 @@ def build_customer_db(tables: dict[str, Validated], run_dir: str | Path, as_of: 
     try:
         con.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
         for name, validated in tables.items():
-            frame = validated.kept
-            con.register("frame_view", frame)
+            con.register("frame_view", _row_batches(validated.kept))
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame_view")
             con.unregister("frame_view")
         rejected = pd.concat([v.rejected.assign(source_table=v.table) for v in tables.values()], ignore_index=True) \
@@ -112,6 +114,18 @@ def build_customer_db(tables: dict[str, Validated], run_dir: str | Path, as_of: 
         con.close()
     tmp.replace(path)
     return path
+
+
+def _row_batches(frame: pd.DataFrame) -> pa.RecordBatchReader | pd.DataFrame:
+    """The frame as a stream of Arrow batches of DuckDB's row-group size, which DuckDB copies into a table about a
+    fifth faster than it scans the pandas frame (the text columns are Arrow already; NaN and NaT become NULL as in
+    the pandas scan). A frame with object or categorical columns stays pandas, typed by DuckDB as it always was."""
+    if any(dtype == object or isinstance(dtype, pd.CategoricalDtype) for dtype in frame.dtypes):
+        return frame
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    batches = (batch for start in range(0, table.num_rows, ROW_GROUP_ROWS)
+               for batch in table.slice(start, ROW_GROUP_ROWS).combine_chunks().to_batches())
+    return pa.RecordBatchReader.from_batches(table.schema, batches)
 
 
 def silos(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
