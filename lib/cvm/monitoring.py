@@ -29,7 +29,7 @@ from cvm import customer_db
 from cvm import experiments as ex
 from cvm.config import RunConfig
 from cvm.errors import InputError
-from cvm.keys import per_distinct
+from cvm.keys import key_positions, per_distinct, rows_at
 
 RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
 FUNNEL = ("delivered", "opened", "clicked")
@@ -249,12 +249,8 @@ def _campaign_attributes(contacts: pd.DataFrame, campaigns: pd.DataFrame | None,
 
 
 def _per_campaign(campaign_ids: pd.Series, attributes: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """`columns` of the campaign attributes (one row per campaign_id) on each contact row, NA where absent; the ids
-    are hashed once and each distinct id looked up once."""
-    codes, distinct = pd.factorize(campaign_ids)
-    rows = np.r_[pd.Index(attributes["campaign_id"]).get_indexer(distinct), -1][codes]
-    table = attributes[list(columns)].reset_index(drop=True)
-    return (table.take(rows) if (rows >= 0).all() else table.reindex(rows)).reset_index(drop=True)
+    """`columns` of the campaign attributes (one row per campaign_id) on each contact row, NA where absent."""
+    return rows_at(attributes[list(columns)], key_positions(campaign_ids, attributes["campaign_id"]))
 
 
 def prepare(contacts: pd.DataFrame, *, as_of: date | str, campaigns: pd.DataFrame | None = None,
