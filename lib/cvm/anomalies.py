@@ -21,6 +21,7 @@ from cvm.config import read_yaml
 from cvm.errors import InputError
 from cvm.keys import key_positions, rows_at
 from cvm.value import _connection, _to_date
+from cvm.engine import fetch
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "anomalies.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
@@ -71,7 +72,7 @@ def anomaly_inputs(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str | d
     con = _connection(con, table)
     cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
     units = "CAST(quantity AS DOUBLE)" if "quantity" in cols else "CAST(NULL AS DOUBLE)"
-    df = con.execute(SQL.format(table=table, as_of=end.isoformat(), units=units)).df()
+    df = fetch(con.sql(SQL.format(table=table, as_of=end.isoformat(), units=units)))
     df["purchase_orders"] = df["purchase_orders"].astype("int64")
     df["max_day_orders"] = df["max_day_orders"].astype("int64")
     df["day_order_share"] = df["max_day_orders"] / df["purchase_orders"]

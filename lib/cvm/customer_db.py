@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cvm.config import RunConfig
+from cvm.engine import fetch
 from cvm.quality import Validated, validate
 from cvm.sources import load_source
 
@@ -245,6 +246,11 @@ def anomalies(con: duckdb.DuckDBPyConnection, as_of: date) -> pd.DataFrame:
             f"SELECT COUNT(*), ANY_VALUE(order_id) FROM transactions WHERE {where}").fetchone()
         rows.append({"check": label, "rows": n, "example_order_id": example})
     return pd.DataFrame(rows)
+
+
+def read_table(con: duckdb.DuckDBPyConnection, name: str) -> pd.DataFrame:
+    """A table of the database as a pandas frame (text fetched through Arrow, see `cvm.engine.fetch`)."""
+    return fetch(con.table(name))
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:

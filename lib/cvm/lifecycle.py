@@ -20,6 +20,7 @@ import pandas as pd
 from cvm.config import named_item, read_yaml
 from cvm.errors import InputError
 from cvm.value import _connection, _lines, _to_date
+from cvm.engine import fetch
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "lifecycle.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
@@ -104,7 +105,7 @@ def lifecycle_inputs(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str |
     """
     end = _to_date(as_of, "as_of")
     con = _connection(con, table)
-    df = con.execute(SQL.format(lines=_lines(table, end))).df()
+    df = fetch(con.sql(SQL.format(lines=_lines(table, end))))
     if df.empty:
         raise InputError(f"table '{table}': no rows on or before {end}; check as_of.")
     for col in ("first_purchase", "last_purchase"):

@@ -28,6 +28,7 @@ from scipy import stats
 from cvm import customer_db
 from cvm import experiments as ex
 from cvm.config import RunConfig
+from cvm.engine import fetch
 from cvm.errors import InputError
 from cvm.keys import key_positions, per_distinct, rows_at
 
@@ -91,21 +92,10 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return con.sql(f"SELECT * FROM {table} LIMIT 0").columns
 
 
-def _frame(rel: duckdb.DuckDBPyRelation) -> pd.DataFrame:
-    """`rel.df()` with the text columns fetched through Arrow: the same frame, without one Python object per string
-    (about three times faster on the contacts table)."""
-    table = rel.to_arrow_table()
-    text = {c for c, t in zip(rel.columns, rel.types) if str(t) == "VARCHAR"}
-    rest = [c for c in rel.columns if c not in text]
-    other = (duckdb.from_arrow(table.select(rest)).df() if rest
-             else pd.DataFrame(index=pd.RangeIndex(table.num_rows)))
-    return pd.DataFrame({c: table.column(c).to_pandas() if c in text else other[c] for c in rel.columns})
-
-
 def read_tables(con: duckdb.DuckDBPyConnection) -> dict[str, pd.DataFrame | None]:
     """contacts and campaigns from the run database (None if absent). The customer-level tables (transactions,
     customer, customer_knowledge) stay in the database: `prepare` joins them to the contacts in SQL."""
-    out = {n: _frame(con.table(n)) if customer_db.has_table(con, n) else None for n in ("contacts", "campaigns")}
+    out = {n: fetch(con.table(n)) if customer_db.has_table(con, n) else None for n in ("contacts", "campaigns")}
     if out["contacts"] is None:
         raise InputError("customer database: table 'contacts' is missing. Add sources.contacts to the configuration "
                          "(the campaign tools' export or the personalisation step's contacts) and rerun the data step.")
@@ -193,7 +183,7 @@ class _CustomerTables:
         joins = "\n".join(f"LEFT JOIN ({self._first_rows(t, cols)}) j{i} ON j{i}._key = k.customer_id"
                           for i, (t, cols) in enumerate(wanted.items()))
         cols = ", ".join(f'j{i}."{c}"' for i, cs in enumerate(wanted.values()) for c in cs)
-        return _frame(self.con.sql(f"SELECT {cols} FROM {self.KEYS} k {joins} ORDER BY k._row"))
+        return fetch(self.con.sql(f"SELECT {cols} FROM {self.KEYS} k {joins} ORDER BY k._row"))
 
 
 def _check_attribution(contacts: pd.DataFrame, date_col: str) -> None:

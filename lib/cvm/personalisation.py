@@ -33,6 +33,7 @@ from cvm import offers as off
 from cvm import policy as pol
 from cvm.errors import InputError
 from cvm.keys import key_positions
+from cvm.engine import fetch
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
 #: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)
@@ -76,7 +77,7 @@ def load_knowledge(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     if not customer_db.has_table(con, "customer_knowledge"):
         raise InputError("customer database: table 'customer_knowledge' is missing. Run the knowledge step first "
                          "(steps: [data, knowledge, personalisation]).")
-    table = con.table("customer_knowledge").df()
+    table = fetch(con.table("customer_knowledge"))
     need = ["customer_id", "rfm_segment", "last_purchase", "expected_order_value"]
     missing = [c for c in need if c not in table.columns]
     if missing:
@@ -174,8 +175,7 @@ def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, pair
     con.register("_pairs", pd.DataFrame({"customer_id": keys["customer_id"].to_numpy(), "at": at.to_numpy(),
                                          "end_day": end.to_numpy()}))
     try:
-        state = con.execute(PAIR_STATE_SQL.format(end=end.max().date().isoformat() if len(end) else as_of.date())
-                            ).df()
+        state = fetch(con.sql(PAIR_STATE_SQL.format(end=end.max().date().isoformat() if len(end) else as_of.date())))
     finally:
         con.unregister("_pairs")
     day = np.timedelta64(1, "D")
@@ -218,8 +218,8 @@ def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_pa
                                               ["rfm_segment"], seed)
         holdout = drawn[drawn["group"] == "control"].drop(columns="group")
         customers = customers[~customers["customer_id"].isin(holdout["customer_id"])]
-    history = con.table("contacts").df() if customer_db.has_table(con, "contacts") else pd.DataFrame()
-    campaigns = con.table("campaigns").df() if customer_db.has_table(con, "campaigns") else pd.DataFrame()
+    history = fetch(con.table("contacts")) if customer_db.has_table(con, "contacts") else pd.DataFrame()
+    campaigns = fetch(con.table("campaigns")) if customer_db.has_table(con, "campaigns") else pd.DataFrame()
     return Setup(as_of, customers.reset_index(drop=True), holdout.reset_index(drop=True), offers, policy, history,
                  campaigns, launch_dates(as_of, dates, n_launches, max(policy.week_days, policy.min_days_between)),
                  bgnbd, window_days)
@@ -380,7 +380,7 @@ def load_prior_source(priors_from: str | Path = "", con: duckdb.DuckDBPyConnecti
         if con is None or not customer_db.has_table(con, "monitoring_feedback"):
             raise InputError("priors_from: 'run' reads this run's monitoring_feedback; run the monitoring step before "
                              "personalisation (steps: data, knowledge, monitoring, personalisation).")
-        return uplift.load_priors(con.table("monitoring_feedback").df()), "feedback"
+        return uplift.load_priors(fetch(con.table("monitoring_feedback"))), "feedback"
     path = Path(priors_from)
     if path.is_dir():
         db_path = path / "customer.duckdb"
@@ -391,7 +391,7 @@ def load_prior_source(priors_from: str | Path = "", con: duckdb.DuckDBPyConnecti
             if not customer_db.has_table(con, "monitoring_feedback"):
                 raise InputError(f"priors_from: {db_path} has no table 'monitoring_feedback'; run the monitoring "
                                  "step in that run first, or leave priors_from empty.")
-            table = con.table("monitoring_feedback").df()
+            table = fetch(con.table("monitoring_feedback"))
         finally:
             con.close()
         return uplift.load_priors(table), "feedback"

@@ -21,6 +21,7 @@ from matplotlib.ticker import PercentFormatter
 from cvm.errors import InputError
 from cvm.features import table_columns
 from cvm.keys import key_positions, rows_at
+from cvm.engine import fetch
 
 #: Days per month used for "months since acquisition".
 MONTH_DAYS = 365.25 / 12
@@ -221,7 +222,7 @@ def cohort_retention(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str |
     unit, interval = PERIODS[period]
     sql = SQL["cohorts"].format(lines=_lines(table, end), unit=unit, as_of=end.isoformat(),
                                 interval_next=interval.format(n="(g.periods_since + 1)"))
-    out = con.execute(sql).df()
+    out = fetch(con.sql(sql))
     if out.empty:
         raise InputError(f"table '{table}': no purchases on or before {end}; check as_of.")
     out["cohort"] = pd.to_datetime(out["cohort"])
@@ -358,7 +359,7 @@ def ltv_cac(customers: pd.DataFrame, clv: pd.DataFrame, con: duckdb.DuckDBPyConn
     tx.register("acq_view", frame[[id_col, "g", "acq_date", "obs_months"]].rename(columns={id_col: "customer_id"})
                 .assign(pos=np.arange(len(frame))))
     try:
-        rev = tx.execute(SQL["acquired_revenue"].format(lines=_lines(table, end), month_days=MONTH_DAYS)).df()
+        rev = fetch(tx.sql(SQL["acquired_revenue"].format(lines=_lines(table, end), month_days=MONTH_DAYS)))
     finally:
         tx.unregister("acq_view")
     per_customer = rev[rev["pos"].notna()]
