@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvm.assignment import Constraints, solve_exact, solve_scalable
+from cvm.assignment import Constraints, _group_argmax, solve_exact, solve_scalable
 from cvm.errors import InputError
 
 DAY = pd.Timestamp("2026-07-06")
@@ -134,3 +134,29 @@ def test_bad_candidates_raise_input_error():
     cand.loc[[0, 1], "value"] = np.nan
     with pytest.raises(InputError, match="2 missing"):
         solve_exact(cand, cons)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_group_argmax_is_the_padded_argmax(seed):
+    """Fuzzed: per-run maximum and first position equal np.argmax over the rows of the -inf padded matrix, with ties
+    (rounded values) and runs of -inf."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 7, 500)
+    x = np.round(rng.normal(size=sizes.sum()), 1)
+    x[rng.random(len(x)) < 0.1] = -np.inf
+    runs = np.cumsum(sizes) - sizes
+    run = np.repeat(np.arange(len(sizes)), sizes)
+    padded = np.full((len(sizes), sizes.max()), -np.inf)
+    padded[run, np.arange(len(x)) - runs[run]] = x
+    best, at = _group_argmax(x, runs, run)
+    j = np.argmax(padded, axis=1)
+    assert np.array_equal(best, padded[np.arange(len(sizes)), j])
+    assert np.array_equal(at, runs + j)
+
+
+def test_repeated_customer_caps_raise_input_error():
+    """Hand-made: a cap Series with a customer twice is ambiguous."""
+    cand, _ = random_case(5, 2, 0)
+    caps = pd.Series([1, 1, 2, 1, 1, 1], index=[0, 1, 2, 2, 3, 4])
+    with pytest.raises(InputError, match="repeated customer ids"):
+        solve_scalable(cand, Constraints(max_per_customer=caps))

@@ -15,7 +15,7 @@ import pytest
 from scipy import special, stats
 
 from cvm.contract import CAMPAIGN_TYPES, TABLES
-from cvm.demo import (SEGMENTS, DemoTruth, generate, load_rules, load_truth, simulate_outcomes,
+from cvm.demo import (SEGMENTS, DemoTruth, _codes, generate, load_rules, load_truth, simulate_outcomes,
                       true_response)
 from cvm.errors import InputError
 
@@ -299,6 +299,22 @@ def test_true_response_cases() -> None:
         true_response(ct, "retention", "sms", 150.0, truth)
     with pytest.raises(InputError, match="lam"):
         true_response(ct.drop(columns="lam"), "retention", "sms", 10.0, truth)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_codes_match_the_plain_lookup(seed: int) -> None:
+    """Fuzzed: the once-per-distinct-value lookup equals Index.get_indexer on every value (str, object, categorical),
+    and values outside (typos, missing) raise with their count and the first of them."""
+    rng = np.random.default_rng(seed)
+    values = np.array(SEGMENTS, dtype=object)[rng.integers(0, len(SEGMENTS), 1000)]
+    for series in (pd.Series(values), pd.Series(values, dtype=object), pd.Series(values, dtype="category")):
+        expected = pd.Index(SEGMENTS).get_indexer(series.astype(object))
+        assert np.array_equal(_codes(series, SEGMENTS, "t", "c"), expected)
+    bad = pd.Series(values)
+    at = np.sort(rng.choice(len(bad), 7, replace=False))
+    bad.iloc[at[:3]], bad.iloc[at[3:]] = "typo", None
+    with pytest.raises(InputError, match=f"'c' has 7 rows outside .*e.g. {bad.iloc[at[0]]!r}"):
+        _codes(bad, SEGMENTS, "t", "c")
 
 
 def test_simulate_outcomes_reproduces_true_rates(demo: tuple[dict[str, Path], DemoTruth]) -> None:

@@ -426,3 +426,29 @@ def test_forest_plot_title_states_the_message() -> None:
     assert isinstance(fig, Figure)
     assert ax.get_title() == "1 of 3 arms confidently positive, 1 negative, 1 inconclusive"
     assert "percentage points" in ax.get_xlabel()
+
+
+def test_dilution_equals_per_group_sums_on_random_cells() -> None:
+    """Grouped with the group flag as a key, dilution equals sums over the treated and control rows taken apart, per
+    campaign x arm against the campaign's shared control; with no control_match every control row counts."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    contacts = pd.DataFrame({"campaign_id": rng.choice(["K2", "K1", "K3"], n), "group": "treatment",
+                             "arm": rng.choice(["b", "a"], n), "converted": (rng.random(n) < 0.2).astype(int),
+                             "discount_pct": rng.choice([0.0, 10.0, 20.0], n)})
+    control = rng.random(n) < 0.3
+    contacts.loc[control, ["group", "arm"]] = ["control", "control"]
+    contacts["revenue"] = np.where(contacts["converted"] == 1, rng.gamma(2.0, 40.0, n), 0.0)
+    econ = ex.Economics(margin_pct=35, discount_pct="discount_pct", cost_per_contact=0.4)
+    out = ex.dilution(contacts, "converted", "revenue", econ, by=["campaign_id", "arm"], control_match=["campaign_id"])
+    assert list(out["campaign_id"]) == sorted(out["campaign_id"]) and len(out) == 6
+    for row in out.itertuples():
+        t = contacts[(contacts["campaign_id"] == row.campaign_id) & (contacts["arm"] == row.arm)]
+        c = contacts[(contacts["campaign_id"] == row.campaign_id) & (contacts["group"] == "control")]
+        gross = t["revenue"] / (1 - np.where(t["converted"] == 1, t["discount_pct"] / 100, 0.0))
+        assert (row.n_treated, row.n_control, row.redemptions) == (len(t), len(c), t["converted"].sum())
+        assert row.discount_cost == pytest.approx((gross - t["revenue"]).sum(), rel=1e-12)
+        expected = 0.35 * (gross.sum() - c["revenue"].sum() * len(t) / len(c))
+        assert row.incremental_margin == pytest.approx(expected, rel=1e-12)
+    pooled = ex.dilution(contacts, "converted", "revenue", econ, by=["arm"], control_match=[])
+    assert list(pooled["n_control"]) == [int(control.sum())] * 2

@@ -119,6 +119,30 @@ def test_holdout_and_daily_counts(con: duckdb.DuckDBPyConnection) -> None:
     assert d["n_first"].sum() == 4 and d["n_repeat"].sum() == 2  # C3's first purchase is 2023-06-01
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_holdout_matches_the_plain_definition(seed: int) -> None:
+    """Fuzzed: the holdout query (days before calibration_end in one group per customer) against the definition in
+    pandas: purchase days (net >= 0, a non-return line) after calibration_end, 0 for customers with rows only before
+    it, absent for those without rows up to as_of; several orders and returns on one day, free lines."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    tx = pd.DataFrame({"customer_id": rng.choice([f"K{i}" for i in range(300)], n),
+                       "order_id": rng.integers(0, 900, n).astype(str),
+                       "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n),
+                                                                                unit="h"),
+                       "amount": np.round(rng.choice([-1.0, 0.0, 1.0, 1.0], n) * rng.integers(0, 50, n), 0)})
+    con = duckdb.connect()
+    con.register("transactions", tx)
+    got = holdout_purchases(con, "2024-09-30", "2024-12-31").set_index("customer_id")["holdout_purchases"]
+    kept = tx[tx["order_date"].dt.normalize() <= "2024-12-31"].assign(d=lambda f: f["order_date"].dt.normalize())
+    days = kept.groupby(["customer_id", "d"]).agg(net=("amount", "sum"), buy=("amount", lambda a: (a >= 0).any()))
+    bought = days[(days["net"] >= 0) & days["buy"]].reset_index()
+    expected = (bought[bought["d"] > "2024-09-30"].groupby("customer_id").size()
+                .reindex(kept["customer_id"].unique(), fill_value=0).sort_index())
+    assert got.index.tolist() == expected.index.tolist()
+    assert got.tolist() == expected.tolist() and got.dtype == "int32"
+
+
 def _cdnow(real_data: Path) -> duckdb.DuckDBPyConnection:
     raw = pd.read_csv(real_data / "cdnow" / "CDNOW_sample.txt", sep=r"\s+", header=None,
                       names=["customer_id", "sample_id", "ymd", "cds", "amount"], dtype={"customer_id": str,

@@ -122,11 +122,12 @@ def test_assemble_equals_the_left_merges_on_the_demo_ids(demo_dir: Path) -> None
     flags = customer[["customer_id"]].sample(frac=1.0, random_state=4)
     flags["anomaly_flag"] = flags.index % 50 == 0
     flags["anomaly_reason"] = np.where(flags["anomaly_flag"], "bulk", "")
-    table = knowledge.assemble(customer, feats, [segments, flags])
+    scores = feats[["customer_id"]].assign(r_score=feats.index % 5 + 1)  # the features' ids: looked up once
+    table = knowledge.assemble(customer, feats, [segments, scores, flags])
     cols = {"monetary_total": "monetary"}
     expected = customer[["customer_id"]].drop_duplicates().merge(feats.rename(columns=cols), on="customer_id",
                                                                  how="left")
-    for part in (segments, flags):
+    for part in (segments, scores, flags):
         expected = expected.merge(part, on="customer_id", how="left")
     expected["anomaly_flag"] = expected["anomaly_flag"].fillna(False).astype(bool)
     expected["rfm_segment"] = expected["rfm_segment"].fillna(knowledge.NO_PURCHASE)

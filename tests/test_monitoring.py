@@ -214,3 +214,44 @@ def test_arm_headline_reads_like_a_slide() -> None:
     assert row["treated / control"] == "1,200 / 300"
     assert row["lift, points (95% CI)"] == "+1.00 [-0.20, +2.20]"
     assert row["extra revenue (95% CI)"] == "+1,500 [–, +3,100]"
+
+
+def test_srm_and_overview_equal_simple_definitions_on_random_contacts() -> None:
+    """The grouped counts of `srm` and `overview` equal per-campaign counting on random campaigns and arms (one arm,
+    several arms, a campaign without treated rows, a control share taken from the campaigns table)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    campaign = rng.choice(["K1", "K2", "K3", "K4"], n)
+    group = np.where(rng.random(n) < 0.3, "control", "treatment")
+    group[campaign == "K4"] = "control"
+    arm = np.where(campaign == "K2", "solo", rng.choice(["b", "a", "c"], n))
+    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(n)], "campaign_id": campaign, "group": group,
+                          "arm": np.where(group == "control", "control", arm), "converted": rng.random(n) < 0.2,
+                          "contact_date": pd.Timestamp("2025-03-03"), "channel": "email"})
+    frame["revenue"] = np.where(frame["converted"], rng.gamma(2.0, 30.0, n), 0.0)
+    campaigns = pd.DataFrame({"campaign_id": ["K3"], "control_share": [0.25]})
+    setup = mon.prepare(frame, as_of="2025-06-30", campaigns=campaigns)
+    srm, over = mon.srm(setup), mon.overview(setup).set_index("campaign_id")
+    for row in srm.itertuples():
+        part = setup.contacts[setup.contacts["campaign_id"] == row.campaign_id]
+        treated = part[part["group"] == "treatment"]
+        assert (row.n_treated, row.n_control) == (len(treated), len(part) - len(treated))
+        plan = row.control_share_planned
+        counts = part["group"].value_counts().reindex(["control", "treatment"], fill_value=0)
+        expected = mon.ex.srm_check(counts, {"control": plan, "treatment": 1 - plan})
+        assert row.srm_p_value == pytest.approx(expected.p_value, rel=1e-12)
+        arms = sorted(treated["arm"].unique())
+        if len(arms) > 1:
+            cells = part["arm"].where(part["group"] == "treatment", "__control__").value_counts()
+            shares = {"__control__": plan, **{a: (1 - plan) / len(arms) for a in arms}}
+            assert row.srm_arms_p_value == pytest.approx(mon.ex.srm_check(cells, shares).p_value, rel=1e-12)
+        else:
+            assert np.isnan(row.srm_arms_p_value)
+        got = over.loc[row.campaign_id]
+        assert (got["n_treated"], got["n_control"]) == (len(treated), len(part) - len(treated))
+        assert got["arms"] == ", ".join(arms) if len(arms) else pd.isna(got["arms"])
+        assert got["converted_treated"] == pytest.approx(treated["converted"].sum() if len(treated) else np.nan,
+                                                         nan_ok=True)
+        assert got["revenue_control"] == pytest.approx(part.loc[part["group"] == "control", "revenue"].sum())
+    assert srm.set_index("campaign_id").loc["K3", "planned_from"] == "campaigns.control_share"
+    assert pd.isna(over.loc["K4", "arms"]) and over.loc["K4", "n_treated"] == 0

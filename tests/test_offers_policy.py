@@ -131,6 +131,44 @@ def test_apply_policy_on_hand_made_cases(policy):
                      policy, AS_OF)
 
 
+def test_apply_policy_counts_equal_the_per_row_definition(policy):
+    """Known truth, on random histories: a candidate survives the weekly cap and the cool-down exactly when a plain
+    per-row count of the customer's contacts around its date allows it; the cap is max_per_month minus the contacts
+    in the month windows around the launches (contacts counted once per launch and customer, not per row)."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        n = 60
+        ids = np.array([f"c{i:03d}" for i in range(n)])
+        customers = pd.DataFrame({"customer_id": ids, "consent_email": True, "consent_sms": True,
+                                  "consent_post": True, "consent_phone": True,
+                                  "last_purchase": pd.Timestamp("2025-01-01")})
+        k = int(rng.integers(50, 300))
+        history = pd.DataFrame({"customer_id": rng.choice(ids, k),
+                                "contact_date": AS_OF + pd.to_timedelta(rng.integers(-40, 25, k), "D"),
+                                "group": rng.choice(["treatment", "control"], k, p=[0.8, 0.2])})
+        launches = [AS_OF + pd.Timedelta(days=d) for d in (3, 10, 24)]
+        who = rng.choice(ids, 400)
+        cand = pd.DataFrame({"customer_id": who, "offer_id": "X", "campaign_type": "retention",
+                             "channel": rng.choice(["email", "sms"], len(who)), "discount_pct": 0.0,
+                             "contact_date": [launches[i] for i in rng.integers(0, 3, len(who))], "cost": 0.1})
+        allowed, cap = apply_policy(cand, customers, history, policy, AS_OF)
+        made = history[history["group"] != "control"]
+
+        def count(customer: str, day: pd.Timestamp, width: int) -> int:
+            days = made.loc[made["customer_id"] == customer, "contact_date"]
+            return int(((days > day - pd.Timedelta(days=width)) & (days < day + pd.Timedelta(days=width))).sum())
+
+        month = {c: max(policy.max_per_month - int(((made["customer_id"] == c)
+                                                     & (made["contact_date"] > launches[0] - pd.Timedelta(days=30))
+                                                     & (made["contact_date"] < launches[-1] + pd.Timedelta(days=30))
+                                                     ).sum()), 0) for c in np.unique(who)}
+        keep = [count(c, d, policy.week_days) < policy.max_per_week and count(c, d, policy.min_days_between) == 0
+                and month[c] > 0 for c, d in zip(cand["customer_id"], cand["contact_date"])]
+        expected = cand[keep].reset_index(drop=True)
+        pd.testing.assert_frame_equal(allowed.drop(columns="priority"), expected)
+        assert cap.to_dict() == month
+
+
 def test_check_plan_finds_every_kind(policy, offers):
     """Hand-made bad plan: each violation kind is reported; the unfiltered plan breaks consent, quiet days,
     cool-down, weekly and monthly caps; capacity and budget come from a tight copy of the policy."""

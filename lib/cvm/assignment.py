@@ -8,8 +8,9 @@ Each customer gets at most one row per contact date and at most `max_per_custome
 `solve_exact` solves the integer programme with HiGHS (small problems). `solve_scalable` relaxes the coupling
 constraints (capacities, budget) with Lagrange multipliers, starts them from the exact LP duals on a random sample of
 customers, refines them on all customers by projected subgradient steps, then lets every customer take his best row by
-reduced value (numpy argmax over a customers x options matrix), repairs infeasibility greedily and fills spare capacity
-greedily. The Lagrangian dual value at the multipliers is an upper bound on the LP optimum, hence on the best plan.
+reduced value (a maximum per customer and date over flat rows: only rows that can be chosen are kept, no padding),
+repairs infeasibility greedily and fills spare capacity greedily. The Lagrangian dual value at the multipliers is an
+upper bound on the LP optimum, hence on the best plan.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from cvm.errors import InputError
+from cvm.keys import key_positions, repeated_keys
 
 #: Columns a candidate frame must have.
 CANDIDATE_COLUMNS = ("customer_id", "offer_id", "channel", "discount_pct", "contact_date", "value", "cost")
@@ -68,15 +70,18 @@ class Assignment:
 
 @dataclass
 class _Problem:
-    """Candidates with value > 0 sorted by (customer, date, priority), laid out as a padded groups x width matrix."""
+    """The rows that can be chosen (value > 0 and room for one contact), sorted by (customer, date, priority): flat
+    arrays with the groups (one per customer and contact date) as consecutive runs. A choice is a flat row index."""
 
-    rows: np.ndarray          # position of each kept row in the candidate frame
-    value: np.ndarray         # padded (groups, width), -inf in padding
-    cost: np.ndarray          # padded, 0 in padding
-    slot: np.ndarray          # padded, index into slot_* arrays
-    starts: np.ndarray        # first flat row of each group
+    rows: np.ndarray          # position of each row in the candidate frame
+    value: np.ndarray
+    cost: np.ndarray
+    slot: np.ndarray          # index into slot_* arrays
+    group: np.ndarray         # group of each row
+    starts: np.ndarray        # first row of each group
     group_customer: np.ndarray
     customer_cap: np.ndarray  # per customer code
+    dates: np.ndarray         # contact dates with candidates (any value) per customer code
     n_customers: int
     slot_offer: np.ndarray    # resource index of the slot's offer, or m (no resource)
     slot_channel: np.ndarray
@@ -90,8 +95,23 @@ class _Problem:
     def m(self) -> int:
         return len(self.capacity)
 
-    def flat(self, g: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return self.starts[g] + j
+    def rows_of(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat rows of the given groups in order, where each group's run starts among them, and the run of each."""
+        sizes = np.diff(np.r_[self.starts, len(self.value)])[groups]
+        runs = np.cumsum(sizes) - sizes
+        run = np.repeat(np.arange(len(groups)), sizes)
+        return np.repeat(self.starts[groups] - runs, sizes) + np.arange(len(run)), runs, run
+
+
+def _group_argmax(x: np.ndarray, runs: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum of each run of x (runs start at `runs`, none empty; `run` numbers the run of each element) and the
+    position of its first occurrence: the np.argmax of each row of a padded matrix, without the padding."""
+    if not len(runs):
+        return np.zeros(0), np.zeros(0, dtype=np.intp)
+    best = np.maximum.reduceat(x, runs)
+    hit = np.flatnonzero(x == best[run])
+    hit_run = run[hit]
+    return best, hit[np.r_[True, hit_run[1:] != hit_run[:-1]]]
 
 
 def _validate(candidates: pd.DataFrame, customer_col: str, date_col: str) -> None:
@@ -113,6 +133,24 @@ def _validate(candidates: pd.DataFrame, customer_col: str, date_col: str) -> Non
     neg = int((candidates["cost"].to_numpy(dtype=float) < 0).sum())
     if neg:
         raise InputError(f"candidates: column 'cost' has {neg} negative rows; contact costs must be >= 0.")
+
+
+def _customer_caps(constraints: Constraints, customers: pd.Index) -> np.ndarray:
+    """Contact cap per customer code."""
+    if not isinstance(constraints.max_per_customer, pd.Series):
+        return np.full(len(customers), int(constraints.max_per_customer), dtype=np.int64)
+    caps = constraints.max_per_customer
+    ids = pd.Series(caps.index)   # not index.to_series(): pyarrow's attribute probes would hash the index
+    if repeated_keys(ids):
+        raise InputError("constraints.max_per_customer: repeated customer ids in the index; give one cap per "
+                         "customer.")
+    where = key_positions(pd.Series(customers), ids)
+    caps_c = np.append(caps.to_numpy(dtype=float), np.nan)[where]   # absent (-1): the appended NaN
+    missing = int(np.isnan(caps_c).sum())
+    if missing:
+        raise InputError(f"constraints.max_per_customer: {missing} candidate customers have no cap; "
+                         "give every customer in the candidates a cap (0 to exclude).")
+    return caps_c.astype(np.int64)
 
 
 def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str, date_col: str) -> _Problem:
@@ -152,87 +190,64 @@ def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str
     r_chan = chan_date_res.ravel()[chan_codes.astype(np.int64) * len(dates) + date_codes]
     r_offer[r_offer < 0] = m
     r_chan[r_chan < 0] = m
+    customer_cap = _customer_caps(constraints, customers)
+    n_dates = max(len(dates), 1)
+    gkey = cust_codes.astype(np.int64) * n_dates + date_codes
+    seen = np.zeros(len(customers) * n_dates, bool)
+    seen[gkey] = True
+    per_customer = seen.reshape(len(customers), n_dates).sum(axis=1)
 
-    if isinstance(constraints.max_per_customer, pd.Series):
-        caps_c = constraints.max_per_customer.reindex(customers)
-        missing = int(caps_c.isna().sum())
-        if missing:
-            raise InputError(f"constraints.max_per_customer: {missing} candidate customers have no cap; "
-                             "give every customer in the candidates a cap (0 to exclude).")
-        customer_cap = caps_c.to_numpy(dtype=float).astype(np.int64)
-    else:
-        customer_cap = np.full(len(customers), int(constraints.max_per_customer), dtype=np.int64)
-
-    # rows that can never be chosen get value -inf: value <= 0, no room for one contact, customer cap 0
+    # only rows that can be chosen: value > 0, room for one contact, customer cap > 0, cost within the budget
     cap_ext = np.append(capacity, np.inf)
     keep = (value_all > 0) & (cap_ext[r_offer] >= 1) & (cap_ext[r_chan] >= 1) & (customer_cap[cust_codes] > 0)
     if budget is not None:
         keep &= cost_all <= capacity[budget]
-    value_all = np.where(keep, value_all, -np.inf)
+    rows = np.flatnonzero(keep)
 
     # groups = (customer, contact date); rows sorted by group, then priority (ties in value go to the first row)
-    gkey = cust_codes.astype(np.int64) * max(len(dates), 1) + date_codes
+    gkey = gkey[rows]
     if "priority" in candidates.columns or (len(gkey) > 1 and (gkey[1:] < gkey[:-1]).any()):
-        prio = (candidates["priority"].to_numpy(dtype=float) if "priority" in candidates.columns
+        prio = (candidates["priority"].to_numpy(dtype=float)[rows] if "priority" in candidates.columns
                 else np.zeros(len(gkey)))
-        rows = np.lexsort((prio, gkey))
-        gkey = gkey[rows]
-    else:
-        rows = np.arange(len(gkey))
+        order = np.lexsort((prio, gkey))
+        rows, gkey = rows[order], gkey[order]
     new = np.r_[True, gkey[1:] != gkey[:-1]] if len(rows) else np.zeros(0, bool)
     starts = np.flatnonzero(new)
-    sizes = np.diff(np.r_[starts, len(rows)])
-    width = int(sizes.max()) if len(sizes) else 1
 
     slot_key = r_offer[rows] * (m + 1) + r_chan[rows]
     slot_vals = np.flatnonzero(np.bincount(slot_key, minlength=(m + 1) ** 2))
     slot_index = np.zeros((m + 1) ** 2, dtype=np.int32)
     slot_index[slot_vals] = np.arange(len(slot_vals), dtype=np.int32)
-    shape = (len(starts), width)
-    if len(rows) == shape[0] * width:   # every group has the same number of rows: a plain reshape
-        value = value_all[rows].reshape(shape)
-        cost = cost_all[rows].reshape(shape)
-        slot = slot_index[slot_key].reshape(shape)
-    else:
-        group = np.repeat(np.arange(len(starts)), sizes)
-        pos = np.arange(len(rows)) - starts[group]
-        value = np.full(shape, -np.inf)
-        cost = np.zeros(shape)
-        slot = np.zeros(shape, dtype=np.int32)
-        value[group, pos] = value_all[rows]
-        cost[group, pos] = cost_all[rows]
-        slot[group, pos] = slot_index[slot_key]
-    cust = cust_codes[rows]
-    group_customer = cust[starts]
-    over = np.bincount(group_customer, minlength=len(customers)) > customer_cap
-    return _Problem(rows=rows, value=value, cost=cost, slot=slot, starts=starts, group_customer=group_customer,
-                    customer_cap=customer_cap, n_customers=len(customers),
+    group_customer = cust_codes[rows[starts]]
+    return _Problem(rows=rows, value=value_all[rows], cost=cost_all[rows], slot=slot_index[slot_key],
+                    group=(np.cumsum(new) - 1).astype(np.int32), starts=starts, group_customer=group_customer,
+                    customer_cap=customer_cap, dates=per_customer, n_customers=len(customers),
                     slot_offer=slot_vals // (m + 1), slot_channel=slot_vals % (m + 1),
                     capacity=capacity, names=names, kinds=kinds, budget=budget,
-                    limited=np.flatnonzero(over[group_customer]))
+                    limited=np.flatnonzero((per_customer > customer_cap)[group_customer]))
 
 
-def _row_usage(p: _Problem, g: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Resource consumption (rows x m) of the given padded cells, as a sparse matrix."""
-    s = p.slot[g, j]
-    n = len(g)
+def _row_usage(p: _Problem, f: np.ndarray) -> np.ndarray:
+    """Resource consumption (rows x m) of the given rows, as a sparse matrix."""
+    s = p.slot[f]
+    n = len(f)
     cols = [p.slot_offer[s], p.slot_channel[s]]
     data = [np.ones(n), np.ones(n)]
     if p.budget is not None:
         cols.append(np.full(n, p.budget))
-        data.append(p.cost[g, j])
+        data.append(p.cost[f])
     ri = np.tile(np.arange(n), len(cols))
     ci, d = np.concatenate(cols), np.concatenate(data)
     ok = ci < p.m
     return sparse.csr_matrix((d[ok], (ri[ok], ci[ok])), shape=(n, p.m))
 
 
-def _usage(p: _Problem, g: np.ndarray, j: np.ndarray) -> np.ndarray:
-    s = p.slot[g, j]
-    used = (np.bincount(p.slot_offer[s], minlength=p.m + 1)[: p.m]
-            + np.bincount(p.slot_channel[s], minlength=p.m + 1)[: p.m]).astype(float)
+def _usage(p: _Problem, f: np.ndarray) -> np.ndarray:
+    per_slot = np.bincount(p.slot[f], minlength=len(p.slot_offer)).astype(float)
+    used = (np.bincount(p.slot_offer, weights=per_slot, minlength=p.m + 1)[: p.m]
+            + np.bincount(p.slot_channel, weights=per_slot, minlength=p.m + 1)[: p.m])
     if p.budget is not None:
-        used[p.budget] = p.cost[g, j].sum()
+        used[p.budget] = p.cost[f].sum()
     return used
 
 
@@ -241,15 +256,14 @@ def _slot_penalty(p: _Problem, lam: np.ndarray) -> np.ndarray:
     return lam_ext[p.slot_offer] + lam_ext[p.slot_channel]
 
 
-def _relaxed(p: _Problem, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Best choice of every customer at multipliers `lam`: (groups, columns, Lagrangian dual value)."""
+def _relaxed(p: _Problem, lam: np.ndarray) -> tuple[np.ndarray, float]:
+    """Best choice of every customer at multipliers `lam`: (rows, Lagrangian dual value)."""
     red = p.value - _slot_penalty(p, lam)[p.slot]
     if p.budget is not None and lam[p.budget] > 0:
         red -= lam[p.budget] * p.cost
-    j = np.argmax(red, axis=1)
-    best = red[np.arange(len(j)), j]
+    best, at = _group_argmax(red, p.starts, p.group)
     take = _top_k(p, best)
-    return np.flatnonzero(take), j[take], float(best[take].sum() + lam @ p.capacity)
+    return at[take], float(best[take].sum() + lam @ p.capacity)
 
 
 def _top_k(p: _Problem, best: np.ndarray) -> np.ndarray:
@@ -266,11 +280,11 @@ def _top_k(p: _Problem, best: np.ndarray) -> np.ndarray:
     return take
 
 
-def _consumption(p: _Problem, g: np.ndarray, j: np.ndarray, k: int) -> np.ndarray:
-    """Units of resource `k` used by each of the given cells."""
+def _consumption(p: _Problem, f: np.ndarray, k: int) -> np.ndarray:
+    """Units of resource `k` used by each of the given rows."""
     if k == p.budget:
-        return p.cost[g, j]
-    s = p.slot[g, j]
+        return p.cost[f]
+    s = p.slot[f]
     return ((p.slot_offer[s] == k) | (p.slot_channel[s] == k)).astype(float)
 
 
@@ -284,16 +298,16 @@ def _running_count(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _repair(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _repair(p: _Problem, f: np.ndarray) -> np.ndarray:
     """Drop chosen rows until every coupling constraint holds: least valuable first (value per cost for the budget)."""
-    keep = np.ones(len(g), bool)
-    val = p.value[g, j]
-    used = _usage(p, g, j)
+    keep = np.ones(len(f), bool)
+    val = p.value[f]
+    used = _usage(p, f)
     order_k = [k for k in range(p.m) if k != p.budget] + ([p.budget] if p.budget is not None else [])
     for k in order_k:
         if used[k] <= p.capacity[k] + 1e-9:
             continue
-        a = _consumption(p, g, j, k) * keep
+        a = _consumption(p, f, k) * keep
         excess = a.sum() - p.capacity[k]
         if excess <= 1e-9:
             continue
@@ -302,21 +316,21 @@ def _repair(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.n
         idx = idx[np.argsort(score[idx], kind="stable")]
         n_drop = int(np.searchsorted(np.cumsum(a[idx]), excess - 1e-9)) + 1
         keep[idx[:n_drop]] = False
-    return g[keep], j[keep]
+    return f[keep]
 
 
-def _fill(p: _Problem, g: np.ndarray, j: np.ndarray, max_rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def _fill(p: _Problem, f: np.ndarray, max_rounds: int = 50) -> np.ndarray:
     """Greedily add the most valuable rows that still fit, in vectorised rounds, until nothing more fits.
 
     In a round every open (customer, date) takes its best row among those whose resources have room; rows are accepted
     in order of value while the running use of each resource, counting all earlier rows of the round, fits.
     """
     taken = np.zeros(len(p.starts), bool)
-    taken[g] = True
-    count = np.bincount(p.group_customer[g], minlength=p.n_customers)
-    several_dates = bool((np.bincount(p.group_customer, minlength=p.n_customers) > 1).any())
-    gs, js = [g], [j]
-    remaining = p.capacity - _usage(p, g, j)
+    taken[p.group[f]] = True
+    count = np.bincount(p.group_customer[p.group[f]], minlength=p.n_customers)
+    several_dates = bool((p.dates > 1).any())
+    fs = [f]
+    remaining = p.capacity - _usage(p, f)
     pool = np.flatnonzero(~taken)
     for _ in range(max_rounds):
         open_g = pool[count[p.group_customer[pool]] < p.customer_cap[p.group_customer[pool]]]
@@ -324,69 +338,64 @@ def _fill(p: _Problem, g: np.ndarray, j: np.ndarray, max_rounds: int = 50) -> tu
             break
         rem_ext = np.append(remaining, np.inf)
         fits = (rem_ext[p.slot_offer] >= 1) & (rem_ext[p.slot_channel] >= 1)
-        v = np.where(fits[p.slot[open_g]], p.value[open_g], -np.inf)
+        rows, runs, run = p.rows_of(open_g)
+        v = np.where(fits[p.slot[rows]], p.value[rows], -np.inf)
         if p.budget is not None:
-            v[p.cost[open_g] > remaining[p.budget] + 1e-9] = -np.inf
-        jj = np.argmax(v, axis=1)
-        best = v[np.arange(len(jj)), jj]
+            v[p.cost[rows] > remaining[p.budget] + 1e-9] = -np.inf
+        best, at = _group_argmax(v, runs, run)
         ok = best > 0
-        cand_g, cand_j, best = open_g[ok], jj[ok], best[ok]
+        cand_g, cand_f, best = open_g[ok], rows[at[ok]], best[ok]
         if not len(cand_g):
             break
         pool = cand_g   # room only shrinks: groups with nothing that fits now never get anything later
         order = np.argsort(-best, kind="stable")
-        cand_g, cand_j = cand_g[order], cand_j[order]
+        cand_g, cand_f = cand_g[order], cand_f[order]
         if several_dates:   # one new contact per customer per round, so customer caps hold
             _, first = np.unique(p.group_customer[cand_g], return_index=True)
             first.sort()
-            cand_g, cand_j = cand_g[first], cand_j[first]
-        s = p.slot[cand_g, cand_j]
+            cand_g, cand_f = cand_g[first], cand_f[first]
+        s = p.slot[cand_f]
         ro, rc = p.slot_offer[s], p.slot_channel[s]
         accept = (rem_ext[ro] >= _running_count(ro)) & (rem_ext[rc] >= _running_count(rc))
         if p.budget is not None:
-            accept &= np.cumsum(p.cost[cand_g, cand_j]) <= remaining[p.budget] + 1e-9
+            accept &= np.cumsum(p.cost[cand_f]) <= remaining[p.budget] + 1e-9
         if not accept.any():
             break
-        ag, aj = cand_g[accept], cand_j[accept]
+        ag, af = cand_g[accept], cand_f[accept]
         taken[ag] = True
         pool = pool[~taken[pool]]
         np.add.at(count, p.group_customer[ag], 1)
-        remaining = remaining - _usage(p, ag, aj)
-        gs.append(ag), js.append(aj)
-    return np.concatenate(gs), np.concatenate(js)
+        remaining = remaining - _usage(p, af)
+        fs.append(af)
+    return np.concatenate(fs)
 
 
-def _primal(p: _Problem, g: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _primal(p: _Problem, f: np.ndarray) -> tuple[np.ndarray, float]:
     """A feasible plan from the relaxed choice: repair, then fill spare room."""
-    g, j = _fill(p, *_repair(p, g, j))
-    return g, j, float(p.value[g, j].sum())
+    f = _fill(p, _repair(p, f))
+    return f, float(p.value[f].sum())
 
 
-def _lp(p: _Problem, groups: np.ndarray, scale: float,
-        integer: bool) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """LP (or MILP) over the rows of `groups` with capacities times `scale`: (groups, columns, objective, duals)."""
-    width = p.value.shape[1]
-    gg = np.repeat(groups, width)
-    jj = np.tile(np.arange(width), len(groups))
-    real = np.isfinite(p.value[gg, jj])
-    gg, jj = gg[real], jj[real]
-    n = len(gg)
+def _lp(p: _Problem, picked: np.ndarray, scale: float, integer: bool) -> tuple[np.ndarray, float, np.ndarray]:
+    """LP (or MILP) over the rows of the `picked` customers (mask) with capacities times `scale`: (rows, objective,
+    duals)."""
+    rows, _, _ = p.rows_of(np.flatnonzero(picked[p.group_customer]))
+    n = len(rows)
     if n == 0:
-        return gg, jj, 0.0, np.zeros(p.m)
-    gidx = np.unique(gg, return_inverse=True)[1]
+        return rows, 0.0, np.zeros(p.m)
+    gidx = np.unique(p.group[rows], return_inverse=True)[1]
     blocks = [sparse.csr_matrix((np.ones(n), (gidx, np.arange(n))))]
     rhs = [np.ones(gidx.max() + 1)]
-    cust = p.group_customer[gg]
-    n_dates = np.bincount(p.group_customer[groups], minlength=p.n_customers)
-    if (n_dates > p.customer_cap).any():
+    cust = p.group_customer[p.group[rows]]
+    if (np.where(picked, p.dates, 0) > p.customer_cap).any():
         cu, cidx = np.unique(cust, return_inverse=True)
         blocks.append(sparse.csr_matrix((np.ones(n), (cidx, np.arange(n)))))
         rhs.append(p.customer_cap[cu].astype(float))
-    blocks.append(_row_usage(p, gg, jj).T.tocsr())
+    blocks.append(_row_usage(p, rows).T.tocsr())
     rhs.append(p.capacity * scale)
     a_ub = sparse.vstack(blocks).tocsr()
     b_ub = np.concatenate(rhs)
-    c = -p.value[gg, jj]
+    c = -p.value[rows]
     if integer:
         res = milp(c, constraints=LinearConstraint(a_ub, -np.inf, b_ub), integrality=np.ones(n),
                    bounds=Bounds(0, 1))
@@ -398,19 +407,17 @@ def _lp(p: _Problem, groups: np.ndarray, scale: float,
         if res.status != 0:
             raise RuntimeError(f"LP solver failed: {res.message}")
         x, duals = res.x, -res.ineqlin.marginals[-p.m:] if p.m else np.zeros(0)
-    chosen = x > 0.5
-    return gg[chosen], jj[chosen], float(-res.fun), np.maximum(duals, 0.0)
+    return rows[x > 0.5], float(-res.fun), np.maximum(duals, 0.0)
 
 
-def _result(p: _Problem, candidates: pd.DataFrame, g: np.ndarray, j: np.ndarray, bound: float,
-            lam: np.ndarray, solver: str, t0: float) -> Assignment:
-    rows = p.rows[p.flat(g, j)]
-    plan = candidates.iloc[np.sort(rows)].reset_index(drop=True)
+def _result(p: _Problem, candidates: pd.DataFrame, f: np.ndarray, bound: float, lam: np.ndarray, solver: str,
+            t0: float) -> Assignment:
+    plan = candidates.iloc[np.sort(p.rows[f])].reset_index(drop=True)
     objective = float(plan["value"].sum())
-    used = _usage(p, g, j)
+    used = _usage(p, f)
     step = np.ones(p.m)
     if p.budget is not None:
-        step[p.budget] = max(float(p.cost[np.isfinite(p.value)].max(initial=0.0)), 1e-9)
+        step[p.budget] = max(float(p.cost.max(initial=0.0)), 1e-9)
     table = pd.DataFrame({"kind": p.kinds, "capacity": p.capacity, "used": used, "dual": lam,
                           "binding": p.capacity - used < step - 1e-9}, index=pd.Index(p.names, name="constraint"))
     gap = (bound - objective) / bound if bound > 0 else 0.0
@@ -426,10 +433,10 @@ def solve_exact(candidates: pd.DataFrame, constraints: Constraints, customer_col
     """
     t0 = time.perf_counter()
     p = _build(candidates, constraints, customer_col, date_col)
-    groups = np.arange(len(p.starts))
-    g, j, _, _ = _lp(p, groups, 1.0, integer=True)
-    _, _, bound, duals = _lp(p, groups, 1.0, integer=False)
-    return _result(p, candidates, g, j, bound, duals, "milp-highs", t0)
+    everyone = np.ones(p.n_customers, bool)
+    f, _, _ = _lp(p, everyone, 1.0, integer=True)
+    _, bound, duals = _lp(p, everyone, 1.0, integer=False)
+    return _result(p, candidates, f, bound, duals, "milp-highs", t0)
 
 
 def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_col: str = "customer_id",
@@ -444,8 +451,8 @@ def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_
     t0 = time.perf_counter()
     p = _build(candidates, constraints, customer_col, date_col)
     if p.m == 0:
-        g, j, bound = _relaxed(p, np.zeros(0))
-        return _result(p, candidates, g, j, bound, np.zeros(0), "greedy", t0)
+        f, bound = _relaxed(p, np.zeros(0))
+        return _result(p, candidates, f, bound, np.zeros(0), "greedy", t0)
     rng = np.random.default_rng(seed)
     if p.n_customers <= sample_customers:
         picked, scale = np.ones(p.n_customers, bool), 1.0
@@ -453,30 +460,30 @@ def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_
         picked = np.zeros(p.n_customers, bool)
         picked[rng.choice(p.n_customers, sample_customers, replace=False)] = True
         scale = sample_customers / p.n_customers
-    _, _, _, lam = _lp(p, np.flatnonzero(picked[p.group_customer]), scale, integer=False)
-    g, j, bound = _relaxed(p, lam)
+    _, _, lam = _lp(p, picked, scale, integer=False)
+    f, bound = _relaxed(p, lam)
     lam0 = best_lam = lam
-    relaxed_at_best = (g, j)
-    best_g, best_j, best_val = _primal(p, g, j)
+    relaxed_at_best = f
+    best_f, best_val = _primal(p, f)
     value = bound
     norm = np.where(p.capacity > 0, p.capacity, 1.0)
     theta, stall = 1.0, 0
     for _ in range(iterations):
         if bound - best_val <= tol * bound:
             break
-        grad = 1.0 - _usage(p, g, j) / norm   # derivative of the dual value wrt normalised multipliers
+        grad = 1.0 - _usage(p, f) / norm   # derivative of the dual value wrt normalised multipliers
         if grad @ grad <= 1e-18:
             break
         lam = np.maximum(lam * norm - theta * (value - best_val) / (grad @ grad) * grad, 0.0) / norm
-        g, j, value = _relaxed(p, lam)
+        f, value = _relaxed(p, lam)
         if value < bound - 1e-9:
-            bound, best_lam, relaxed_at_best, stall = value, lam, (g, j), 0
+            bound, best_lam, relaxed_at_best, stall = value, lam, f, 0
         else:
             stall += 1
             if stall >= 3:
                 theta, stall = theta / 2, 0
     if best_lam is not lam0:
-        cand_g, cand_j, val = _primal(p, *relaxed_at_best)
+        cand_f, val = _primal(p, relaxed_at_best)
         if val > best_val:
-            best_g, best_j, best_val = cand_g, cand_j, val
-    return _result(p, candidates, best_g, best_j, bound, best_lam, "lagrangian", t0)
+            best_f, best_val = cand_f, val
+    return _result(p, candidates, best_f, bound, best_lam, "lagrangian", t0)

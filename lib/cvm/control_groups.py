@@ -15,6 +15,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from cvm.errors import InputError
+from cvm.keys import per_distinct
 from cvm.policy import ContactPolicy, ControlRule
 
 
@@ -184,8 +185,10 @@ def to_contacts(plan: pd.DataFrame, customer_col: str = "customer_id", date_col:
     dates = pd.to_datetime(plan[date_col])
     return pd.DataFrame({
         "customer_id": plan[customer_col].to_numpy(),
-        "campaign_id": (plan["offer_id"].astype("string") + "-" + dates.dt.strftime("%Y%m%d")).to_numpy(),
-        "arm": (plan["discount_pct"].map(lambda d: f"{d:g}pct") + "_" + plan["channel"].astype("string")).to_numpy(),
+        "campaign_id": (plan["offer_id"].astype("string") + "-"
+                        + per_distinct(dates, lambda d: d.dt.strftime("%Y%m%d"))).to_numpy(),
+        "arm": (plan["discount_pct"].map({d: f"{d:g}pct" for d in plan["discount_pct"].unique()}) + "_"
+                + plan["channel"].astype("string")).to_numpy(),
         "group": plan[group_col].to_numpy(),
         "channel": plan["channel"].to_numpy(),
         "contact_date": dates.to_numpy(),

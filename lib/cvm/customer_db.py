@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from matplotlib.figure import Figure
@@ -19,6 +20,7 @@ from matplotlib.ticker import FuncFormatter
 from cvm.config import RunConfig
 from cvm.engine import fetch
 from cvm.quality import Validated, validate
+from cvm.quality_sql import KEEP, validate_parquet
 from cvm.sources import load_source
 
 DB_NAME = "customer.duckdb"
@@ -35,8 +37,9 @@ def load_and_validate(config: RunConfig) -> dict[str, Validated]:
     """Read and validate every configured source (errors name the file, the column and the row count)."""
     out: dict[str, Validated] = {}
     for table, src in config.sources.items():
-        out[table] = validate(table, load_source(src), config.as_of, source=src.path, read=src.read,
-                              cancellation_prefix=src.cancellation_prefix, outcomes=src.outcomes)
+        out[table] = validate_parquet(src, config.as_of) or validate(
+            table, load_source(src), config.as_of, source=src.path, read=src.read,
+            cancellation_prefix=src.cancellation_prefix, outcomes=src.outcomes)
     pa.default_memory_pool().release_unused()  # hand the files' freed buffers back before the database is written
     return out
 
@@ -97,9 +100,7 @@ def build_customer_db(tables: dict[str, Validated], run_dir: str | Path, as_of: 
     try:
         con.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
         for name, validated in tables.items():
-            con.register("frame_view", _row_batches(validated.kept))
-            con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame_view")
-            con.unregister("frame_view")
+            _write_kept(con, name, validated)
         rejected = pd.concat([v.rejected.assign(source_table=v.table) for v in tables.values()], ignore_index=True) \
             if tables else pd.DataFrame()
         rejected = rejected.astype("string") if len(rejected) else pd.DataFrame(
@@ -108,13 +109,28 @@ def build_customer_db(tables: dict[str, Validated], run_dir: str | Path, as_of: 
         con.execute("CREATE TABLE rejected_rows AS SELECT * FROM rejected_view")
         con.register("quality_view", quality_report(tables))
         con.execute("CREATE TABLE data_quality AS SELECT * FROM quality_view")
-        id_tables = [t for t in ID_SOURCES if t in tables and "customer_id" in tables[t].kept.columns]
+        id_tables = [t for t in ID_SOURCES if t in tables and "customer_id" in tables[t].columns]
         if id_tables:
             con.execute(_customer_sql(id_tables, set(tables), as_of))
     finally:
         con.close()
     tmp.replace(path)
     return path
+
+
+def _write_kept(con: duckdb.DuckDBPyConnection, name: str, validated: Validated) -> None:
+    """Table `name` from the validated rows: straight from the source file when validated in DuckDB, else from the
+    kept frame."""
+    if validated.kept_sql is not None:
+        kept = np.ones(validated.rows_read, dtype=bool)
+        kept[validated.rejected_positions] = False
+        con.register("kept_rows", pa.table({KEEP: kept}))
+        con.execute(f"CREATE TABLE {name} AS {validated.kept_sql}")
+        con.unregister("kept_rows")
+        return
+    con.register("frame_view", _row_batches(validated.kept))
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame_view")
+    con.unregister("frame_view")
 
 
 def _row_batches(frame: pd.DataFrame) -> pa.RecordBatchReader | pd.DataFrame:
@@ -295,13 +311,14 @@ def data_summary(tables: dict[str, Validated], con: duckdb.DuckDBPyConnection) -
     """Key figures of the data step, for summary.json."""
     out: dict = {"tables": {}}
     for name, v in tables.items():
-        entry = {"rows_read": v.rows_read, "rows_kept": len(v.kept), "rows_rejected": len(v.rejected),
+        entry = {"rows_read": v.rows_read, "rows_kept": v.n_kept, "rows_rejected": len(v.rejected),
                  "rejected_by_reason": v.reasons, "values_set_missing": v.coerced, **v.flagged}
         if name == "transactions":
-            entry["return_rows"] = int(v.kept["is_return"].sum())
-            entry["customers"] = int(v.kept["customer_id"].nunique())
-            entry["first_date"] = v.kept["order_date"].min()
-            entry["last_date"] = v.kept["order_date"].max()
+            returns, customers, first, last = con.execute(
+                "SELECT COUNT(*) FILTER (WHERE is_return), COUNT(DISTINCT customer_id), MIN(order_date), "
+                "MAX(order_date) FROM transactions").fetchone()
+            entry.update(return_rows=int(returns), customers=int(customers), first_date=pd.Timestamp(first),
+                         last_date=pd.Timestamp(last))
         out["tables"][name] = entry
     if has_table(con, "customer"):
         out["n_customers"] = con.execute("SELECT COUNT(*) FROM customer").fetchone()[0]

@@ -550,12 +550,22 @@ def _alive_at(customer_truth: pd.DataFrame, at: pd.Series | pd.Timestamp, as_of:
 
 
 def _codes(values: pd.Series, allowed: tuple[str, ...], table: str, column: str) -> np.ndarray:
-    codes = pd.Index(allowed).get_indexer(pd.Series(values).astype(object))
+    """Position of each value in `allowed` (values are looked up once per distinct value); InputError if outside."""
+    distinct, uniques = pd.factorize(values)
+    lookup = np.append(pd.Index(allowed).get_indexer(np.asarray(uniques, dtype=object)), -1)  # code -1: missing
+    codes = lookup[distinct]
     if (codes < 0).any():
         bad = pd.Series(values)[codes < 0]
         raise InputError(f"{table}: column '{column}' has {len(bad):,} rows outside {', '.join(allowed)} "
                          f"(e.g. {bad.iloc[0]!r}); fix these values.")
     return codes.astype(np.int64)
+
+
+def _code(value: str, allowed: tuple[str, ...], table: str, column: str, n: int) -> np.ndarray:
+    """`_codes` of `value` repeated n times, without building the n values (but the same error when outside)."""
+    if value in allowed:
+        return np.full(n, allowed.index(value), dtype=np.int64)
+    return _codes(pd.Series([value] * n), allowed, table, column)
 
 
 def true_response(customer_truth: pd.DataFrame, campaign_type: str, channel: str, discount_pct: float | np.ndarray,
@@ -572,8 +582,8 @@ def true_response(customer_truth: pd.DataFrame, campaign_type: str, channel: str
         raise InputError(f"customer_truth lacks column(s) {', '.join(missing)}; pass truth.customer_truth or a "
                          f"row subset of it.")
     n = len(customer_truth)
-    ctype = _codes(pd.Series([campaign_type] * n), CAMPAIGN_TYPES, "true_response", "campaign_type")
-    ch = _codes(pd.Series([channel] * n), CHANNELS, "true_response", "channel")
+    ctype = _code(campaign_type, CAMPAIGN_TYPES, "true_response", "campaign_type", n)
+    ch = _code(channel, CHANNELS, "true_response", "channel", n)
     discount = np.broadcast_to(np.asarray(discount_pct, dtype=float), (n,))
     bad = (discount < 0) | (discount >= 100)
     if bad.any():
@@ -583,8 +593,8 @@ def true_response(customer_truth: pd.DataFrame, campaign_type: str, channel: str
     alive = _alive_at(customer_truth, when, truth.as_of)
     seg = _codes(customer_truth["uplift_segment"], SEGMENTS, "customer_truth", "uplift_segment")
     p_c, p_t = _probabilities(customer_truth["lam"].to_numpy(float), seg, alive, ctype, ch, discount, truth.response)
-    return pd.DataFrame({"customer_id": customer_truth["customer_id"].to_numpy(),
-                         "uplift_segment": customer_truth["uplift_segment"].to_numpy(), "p_control": p_c,
+    return pd.DataFrame({"customer_id": customer_truth["customer_id"].array,
+                         "uplift_segment": customer_truth["uplift_segment"].array, "p_control": p_c,
                          "p_treated": p_t, "uplift": p_t - p_c,
                          "expected_order_value": truth.gamma_gamma["p"] / customer_truth["nu"].to_numpy(float)})
 

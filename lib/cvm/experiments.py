@@ -481,25 +481,25 @@ def dilution(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str, ec
     net_incremental_margin = incremental_margin - discount_cost - contact_cost;
     roi = net_incremental_margin / (contact_cost + discount_cost).
     """
-    treated, controls, keys = _split(contacts, by, group_col, arm_col, control_match, treatment, control)
+    is_t, keys = _treated_rows(contacts, by, group_col, arm_col, control_match, treatment, control)
     by = list(by)
-    parts = []
-    for rows, is_t in ((treated, True), (controls, False)):
-        b = _binary(rows, outcome_binary)
-        econ = economics.per_customer(rows, np.full(len(rows), is_t), b, _numeric(rows, outcome_value))
-        econ["_b"] = b
-        for col in dict.fromkeys(by + keys):
-            econ[col] = rows[col].to_numpy()
-        parts.append(econ)
-    t = parts[0].groupby(by, dropna=False).agg(n_treated=("_b", "size"), redemptions=("_b", "sum"),
-                                              gross_sales_treated=("_gross", "sum"),
-                                              gross_margin_treated=("_gross_margin", "sum"),
-                                              discount_cost=("_discount", "sum"),
-                                              contact_cost=("_contact_cost", "sum")).reset_index()
-    c = parts[1].groupby(keys, dropna=False).agg(n_control=("_b", "size"), conversions_control=("_b", "sum"),
-                                                gross_sales_control=("_gross", "sum"),
-                                                gross_margin_control=("_gross_margin", "sum")).reset_index()
-    out = t.merge(c, on=keys, how="left")
+    converted = _binary(contacts, outcome_binary)
+    econ = economics.per_customer(contacts, is_t, converted, _numeric(contacts, outcome_value)).assign(_b=converted)
+    flag = pd.Series(is_t, index=contacts.index, name="_t")
+
+    def cells(columns: list[str], treated: bool, **named: tuple[str, str]) -> pd.DataFrame:
+        """Sums over the treated (or control) rows per cell of `columns`: grouped with the group flag as a key, so
+        no rows are copied."""
+        sums = econ.groupby([*(contacts[col] for col in columns), flag], dropna=False).agg(**named)
+        rows = sums.index.get_level_values("_t").to_numpy(dtype=bool) == treated
+        return sums[rows].droplevel("_t").reset_index() if columns else sums[rows].reset_index(drop=True)
+
+    t = cells(by, True, n_treated=("_b", "size"), redemptions=("_b", "sum"), gross_sales_treated=("_gross", "sum"),
+              gross_margin_treated=("_gross_margin", "sum"), discount_cost=("_discount", "sum"),
+              contact_cost=("_contact_cost", "sum"))
+    c = cells(keys, False, n_control=("_b", "size"), conversions_control=("_b", "sum"),
+              gross_sales_control=("_gross", "sum"), gross_margin_control=("_gross_margin", "sum"))
+    out = t.merge(c, on=keys, how="left") if keys else t.merge(c, how="cross")
     nt = out["n_treated"]
     out["conversion_rate_treated"] = out["redemptions"] / nt
     out["conversion_rate_control"] = out["conversions_control"] / out["n_control"]

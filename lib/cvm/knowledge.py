@@ -168,18 +168,25 @@ def clv_sentence(scores: pd.DataFrame, horizon_months: int) -> str:
 def assemble(customer: pd.DataFrame, features: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
     """`customer_knowledge`: one row per customer of the customer view, every model's columns joined on customer_id,
     then consents and descriptive attributes carried from the customer table (left joins on a unique key, matched
-    through Arrow, `cvm.keys.key_positions`)."""
+    through Arrow, `cvm.keys.key_positions`). Parts with the same customer_id column (the features' customers, their
+    scores, risks and flags) are looked up once: at 1M customers each lookup costs 0.2 s, the comparison 1 ms."""
     ids = customer["customer_id"].drop_duplicates().reset_index(drop=True)
     cols = {"recency_days": "recency_days", "frequency": "frequency", "monetary_total": "monetary",
             "n_orders": "n_orders", "last_purchase": "last_purchase"}
     carried = [c for c in CARRIED if c in customer.columns]
     blocks = [ids.to_frame()]
+    looked_up: list[tuple[pd.Series, np.ndarray]] = []
     for part in [features[["customer_id", *cols]].rename(columns=cols), *parts]:
-        repeated = repeated_keys(part["customer_id"])
+        keys = part["customer_id"]
+        repeated = repeated_keys(keys)
         if repeated:
             raise InputError(f"assemble: {repeated} repeated customer_id in the part with columns "
                              f"{list(part.columns[1:])}; give one row per customer.")
-        blocks.append(rows_at(part.drop(columns="customer_id"), key_positions(ids, part["customer_id"])))
+        positions = next((pos for seen, pos in looked_up if seen.array.equals(keys.array)), None)
+        if positions is None:
+            positions = key_positions(ids, keys)
+            looked_up.append((keys, positions))
+        blocks.append(rows_at(part.drop(columns="customer_id"), positions))
     blocks.append(rows_at(customer[carried], key_positions(ids, customer["customer_id"])))  # first row per customer
     out = pd.concat(blocks, axis=1)
     out["anomaly_flag"] = out["anomaly_flag"].fillna(False).astype(bool)

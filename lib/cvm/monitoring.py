@@ -183,7 +183,10 @@ class _CustomerTables:
         joins = "\n".join(f"LEFT JOIN ({self._first_rows(t, cols)}) j{i} ON j{i}._key = k.customer_id"
                           for i, (t, cols) in enumerate(wanted.items()))
         cols = ", ".join(f'j{i}."{c}"' for i, cs in enumerate(wanted.values()) for c in cs)
-        return fetch(self.con.sql(f"SELECT {cols} FROM {self.KEYS} k {joins} ORDER BY k._row"))
+        found = fetch(self.con.sql(f"SELECT k._row, {cols} FROM {self.KEYS} k {joins}"))
+        order = np.empty(self.n, dtype=np.intp)  # one result row per contact row (the joined rows are unique per key)
+        order[found.pop("_row").to_numpy()] = np.arange(self.n)
+        return rows_at(found, order)
 
 
 def _check_attribution(contacts: pd.DataFrame, date_col: str) -> None:
@@ -370,22 +373,33 @@ def overview(setup: Setup) -> pd.DataFrame:
     """Per campaign: name, type, channel, start, arms, treated and control counts, funnel counts and revenue."""
     steps = [*[f for f in FUNNEL if f in setup.contacts.columns], setup.primary]
     value = [setup.value] if setup.value else []
-    c = setup.contacts[list(dict.fromkeys(["campaign_id", "group", "arm", *steps, *value]))]
-    treated = c["group"] == "treatment"
-    agg = c.assign(_t=treated, _c=~treated).groupby("campaign_id").agg(
-        n_treated=("_t", "sum"), n_control=("_c", "sum"))
-    by_campaign = c[treated].groupby("campaign_id")
-    arms = by_campaign["arm"].agg(lambda s: ", ".join(sorted(s.unique())))
+    c = setup.contacts
+    # the text keys are factorised once; the groupings use their integer codes (code -1: no campaign id, left out)
+    campaign, ids = pd.factorize(c["campaign_id"])
+    arm, arm_names = pd.factorize(c["arm"])
+    is_treated = c["group"] == "treatment"
+    flag = is_treated.to_numpy(dtype=bool, na_value=False)
+
+    def by_campaign(table: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+        table = table[table.index >= 0]
+        return table.set_axis(pd.Index(ids[table.index], name="campaign_id"))
+
+    agg = by_campaign(pd.DataFrame({"n_treated": is_treated, "n_control": ~is_treated}).groupby(campaign).sum())
+    sums = c[list(dict.fromkeys(steps + value))].groupby([campaign, flag]).sum()
+    treated_level = sums.index.get_level_values(1).to_numpy(dtype=bool)
+    sums_t, sums_c = (by_campaign(sums[rows].droplevel(1)) for rows in (treated_level, ~treated_level))
+    cells = pd.Series(arm[flag]).groupby(campaign[flag]).unique()
+    arms = by_campaign(cells.map(lambda codes: ", ".join(sorted(arm_names[codes[codes >= 0]])))).astype(
+        c["arm"].dtype)
     out = setup.campaigns[["campaign_id", "name", "type", "channel"]
                           + (["start_date"] if "start_date" in setup.campaigns else [])].copy()
     out["arms"] = out["campaign_id"].map(arms)
     out = out.merge(agg.reset_index(), on="campaign_id", how="left")
-    sums = by_campaign[list(dict.fromkeys(steps + value))].sum()
     for col in steps:
-        out[f"{col}_treated"] = out["campaign_id"].map(sums[col]).astype(float)
+        out[f"{col}_treated"] = out["campaign_id"].map(sums_t[col]).astype(float)
     if setup.value:
-        out["revenue_treated"] = out["campaign_id"].map(sums[setup.value])
-        out["revenue_control"] = out["campaign_id"].map(c[~treated].groupby("campaign_id")[setup.value].sum())
+        out["revenue_treated"] = out["campaign_id"].map(sums_t[setup.value])
+        out["revenue_control"] = out["campaign_id"].map(sums_c[setup.value])
     return out
 
 
@@ -423,28 +437,35 @@ def srm(setup: Setup, planned_control_share: float = 0.0) -> pd.DataFrame:
     """
     rules = load_rules()
     design = np.asarray(rules["design_shares"], dtype=float)
+    given_shares = setup.campaigns.set_index("campaign_id")["control_share"]
+    # contacts per campaign x group x arm in one grouping; the checks below work on these counts
+    cells = setup.contacts.groupby(["campaign_id", "group", "arm"], dropna=False).size().rename("n").reset_index()
     rows = []
-    for cid, part in setup.contacts[["campaign_id", "group", "arm"]].groupby("campaign_id"):
-        n_c = int((part["group"] == "control").sum())
-        n_t = len(part) - n_c
-        observed = n_c / len(part)
-        given = setup.campaigns.set_index("campaign_id")["control_share"].get(cid, np.nan)
+    for cid, part in cells.groupby("campaign_id"):
+        is_c = (part["group"] == "control").to_numpy(dtype=bool, na_value=False)
+        is_t = (part["group"] == "treatment").to_numpy(dtype=bool, na_value=False)
+        n = part["n"].to_numpy()
+        n_c, total = int(n[is_c].sum()), int(n.sum())
+        n_t = total - n_c
+        observed = n_c / total
+        given = given_shares.get(cid, np.nan)
         if pd.notna(given) and 0 < float(given) < 1:
             plan, source = float(given), "campaigns.control_share"
         elif 0 < planned_control_share < 1:
             plan, source = planned_control_share, "notebook parameter planned_control_share"
         else:
             plan, source = float(design[np.argmin(np.abs(design - observed))]), "design share nearest the data"
-        res = ex.srm_table(part, {"control": plan, "treatment": 1 - plan}, by=["campaign_id"]).iloc[0]
-        arms = sorted(part.loc[part["group"] == "treatment", "arm"].unique())
+        res = ex.srm_check({"control": n_c, "treatment": int(n[is_t].sum())}, {"control": plan, "treatment": 1 - plan})
+        per_arm = part[is_t].groupby("arm")["n"].sum()
+        arms = sorted(per_arm.index)
         arm_p = np.nan
         if len(arms) > 1:
-            cells = part.assign(_cell=part["arm"].where(part["group"] == "treatment", "__control__"))
             shares = {"__control__": plan, **{a: (1 - plan) / len(arms) for a in arms}}
-            arm_p = ex.srm_table(cells, shares, by=["campaign_id"], unit_col="_cell")["srm_p_value"].iloc[0]
+            observed_cells = {"__control__": total - int(per_arm.sum()), **{a: int(per_arm[a]) for a in arms}}
+            arm_p = ex.srm_check(observed_cells, shares).p_value
         rows.append({"campaign_id": cid, "n_treated": n_t, "n_control": n_c, "control_share_observed": observed,
-                     "control_share_planned": plan, "planned_from": source, "srm_chi2": res["srm_chi2"],
-                     "srm_p_value": res["srm_p_value"], "srm_arms_p_value": arm_p})
+                     "control_share_planned": plan, "planned_from": source, "srm_chi2": res.chi2,
+                     "srm_p_value": res.p_value, "srm_arms_p_value": arm_p})
     out = pd.DataFrame(rows)
     limit = ex.load_rules()["srm_p_value_below"]
     out["srm_flag"] = (out["srm_p_value"] < limit) | (out["srm_arms_p_value"] < limit)

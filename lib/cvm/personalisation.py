@@ -32,7 +32,7 @@ from cvm import features as feat
 from cvm import offers as off
 from cvm import policy as pol
 from cvm.errors import InputError
-from cvm.keys import key_positions
+from cvm.keys import isin_keys, key_positions, per_distinct
 from cvm.engine import fetch
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
@@ -178,18 +178,70 @@ def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, pair
         state = fetch(con.sql(PAIR_STATE_SQL.format(end=end.max().date().isoformat() if len(end) else as_of.date())))
     finally:
         con.unregister("_pairs")
+    features = state_features(state, pd.to_datetime(state["end_day"]))
+    return pd.concat([state[["customer_id", "at"]], behaviour(features, bgnbd, window_days)], axis=1)
+
+
+def state_features(state: pd.DataFrame, end: pd.Series | pd.Timestamp) -> pd.DataFrame:
+    """The `behaviour` inputs named as `cvm.features` names them (same index; x, t_x, T in weeks, purchase days) from
+    a customer state measured to `end` (one day, or one per row): monetary_total, n_orders, n_purchase_days,
+    first_purchase, last_purchase (as PAIR_STATE_SQL and AS_OF_STATE_SQL give them)."""
     day = np.timedelta64(1, "D")
-    end_day, first, last = (pd.to_datetime(state[c]) for c in ("end_day", "first_purchase", "last_purchase"))
+    first, last = (pd.to_datetime(state[c]) for c in ("first_purchase", "last_purchase"))
     n_days = state["n_purchase_days"].fillna(0).astype("int64")
     n_orders = state["n_orders"].fillna(0).to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(n_orders > 0, state["monetary_total"].to_numpy(dtype=float) / n_orders, np.nan)
     unit = feat.TIME_UNIT_DAYS["W"]
-    features = pd.DataFrame({"recency_days": (end_day - last) / day, "n_purchase_days": n_days,
-                             "tenure_days": (end_day - first) / day, "monetary_mean": mean,
-                             "x": (n_days - 1).where(n_days > 0).astype("float64"),
-                             "t_x": (last - first) / day / unit, "T": (end_day - first) / day / unit})
-    return pd.concat([state[["customer_id", "at"]], behaviour(features, bgnbd, window_days)], axis=1)
+    return pd.DataFrame({"recency_days": (end - last) / day, "n_purchase_days": n_days,
+                         "tenure_days": (end - first) / day, "monetary_mean": mean,
+                         "x": (n_days - 1).where(n_days > 0).astype("float64"),
+                         "t_x": (last - first) / day / unit, "T": (end - first) / day / unit}, index=state.index)
+
+
+#: Per customer with a transaction line up to {end}, the state PAIR_STATE_SQL gives on that day (monetary_total over
+#: every line, n_orders purchase orders, purchase days with the first and last), plus the purchase days' net value and
+#: the first one's, for the Gamma-Gamma input: the columns of `features.customer_features` (frequency_basis "days")
+#: that `prepare` uses, without its category / channel shares (two more scans of the transactions). The sums are
+#: taken as customer_features takes them (monetary_total over the lines: summed over the orders' nets instead, one
+#: customer's order value at 1M customers moved by a rounding step and his score crossed a tree split). One row per
+#: customer, in customer_id order as customer_features sorts them. DuckDB SQL: reads the run database's transactions.
+AS_OF_STATE_SQL = """
+    WITH lines AS (
+        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount
+        FROM transactions WHERE CAST(order_date AS DATE) <= DATE '{end}'),
+    line_agg AS (SELECT customer_id, SUM(amount) AS monetary_total FROM lines GROUP BY customer_id),
+    orders AS (
+        SELECT customer_id, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
+        FROM lines GROUP BY customer_id, order_id),
+    order_agg AS (
+        SELECT customer_id, CAST(SUM(CASE WHEN net >= 0 AND has_buy = 1 THEN 1 ELSE 0 END) AS BIGINT) AS n_orders
+        FROM orders GROUP BY customer_id),
+    pdays AS (
+        SELECT customer_id, d, SUM(amount) AS net FROM lines GROUP BY customer_id, d
+        HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
+    day_agg AS (
+        SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
+               SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
+        FROM pdays GROUP BY customer_id)
+    SELECT l.customer_id, l.monetary_total, o.n_orders, p.n_purchase_days, p.first_purchase, p.last_purchase,
+           p.purchase_day_value, p.first_day_value
+    FROM line_agg l LEFT JOIN order_agg o ON l.customer_id = o.customer_id
+    LEFT JOIN day_agg p ON l.customer_id = p.customer_id ORDER BY l.customer_id"""
+
+
+def customers_at(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp) -> pd.DataFrame:
+    """customer_id, the `state_features` columns measured to as_of and mean_repeat_value (net value per repeat
+    purchase day): what `behaviour` and `knowledge.fit_clv` read of `features.customer_features(con, as_of,
+    frequency_basis="days", time_unit="W")`, with the same values, in one narrower query (AS_OF_STATE_SQL)."""
+    feat.table_columns(con, "transactions")
+    state = fetch(con.sql(AS_OF_STATE_SQL.format(end=as_of.date().isoformat())))
+    if state.empty:
+        raise InputError(f"table 'transactions': no rows with order_date <= {as_of.date()}; check as_of.")
+    out = pd.concat([state[["customer_id"]], state_features(state, as_of)], axis=1)
+    x = out["x"].where(out["x"] > 0)
+    out["mean_repeat_value"] = ((state["purchase_day_value"] - state["first_day_value"]) / x).astype("float64")
+    return out
 
 
 def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_path: str | Path,
@@ -201,7 +253,7 @@ def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_pa
     policy = pol.load_policy(policy_path)
     offers = off.load_offers(offers_path)
     know = load_knowledge(con)
-    base = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W")
+    base = customers_at(con, as_of)
     excluded = know.loc[know.get("anomaly_flag", pd.Series(False, index=know.index)).fillna(False).astype(bool),
                         "customer_id"]
     bgnbd = knowledge.fit_clv(base, excluded).bgnbd
@@ -210,14 +262,16 @@ def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_pa
     customers["expected_order_value"] = pd.to_numeric(customers["expected_order_value"], errors="coerce").astype(float)
     fallback = customers["expected_order_value"].median()
     customers["expected_order_value"] = customers["expected_order_value"].fillna(fallback if fallback > 0 else 0.0)
+    keep = np.ones(len(customers), dtype=bool)       # one copy of the wide table, after both exclusions
     if exclude_anomalies and "anomaly_flag" in customers.columns:
-        customers = customers[~customers["anomaly_flag"].fillna(False).astype(bool)]
+        keep = ~customers["anomaly_flag"].fillna(False).astype(bool).to_numpy()
     holdout = pd.DataFrame(columns=["customer_id", "rfm_segment"])
     if policy.global_holdout_share > 0:
-        drawn = control_groups.global_holdout(customers[["customer_id", "rfm_segment"]], policy.global_holdout_share,
-                                              ["rfm_segment"], seed)
+        drawn = control_groups.global_holdout(customers.loc[keep, ["customer_id", "rfm_segment"]],
+                                              policy.global_holdout_share, ["rfm_segment"], seed)
         holdout = drawn[drawn["group"] == "control"].drop(columns="group")
-        customers = customers[~customers["customer_id"].isin(holdout["customer_id"])]
+        keep &= ~isin_keys(customers["customer_id"], holdout["customer_id"])
+    customers = customers[keep]
     history = fetch(con.table("contacts")) if customer_db.has_table(con, "contacts") else pd.DataFrame()
     campaigns = fetch(con.table("campaigns")) if customer_db.has_table(con, "campaigns") else pd.DataFrame()
     return Setup(as_of, customers.reset_index(drop=True), holdout.reset_index(drop=True), offers, policy, history,
@@ -355,9 +409,12 @@ def fit_residual_uplift(history: pd.DataFrame, features: Sequence[str] = MODEL_F
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     is_treated = (history["group"] == "treatment").to_numpy()
-    treated = history[is_treated]
-    if max_rows is not None and len(treated) > max_rows:
-        treated = treated.iloc[np.sort(np.random.default_rng(seed).choice(len(treated), max_rows, replace=False))]
+    rows = np.flatnonzero(is_treated)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), max_rows, replace=False))]
+    # one copy of the rows fitted, of the columns the fit reads (the history's text columns stay behind)
+    cols = [c for c in dict.fromkeys((*features, "converted", "p_buy_window")) if c in history.columns]
+    treated = history[cols].iloc[rows]
     if len(treated) < uplift.MIN_VALUE_ROWS:
         raise InputError(f"history: {len(treated)} treated contacts; at least {uplift.MIN_VALUE_ROWS} are needed.")
     encoder = uplift._Encoder.fit(treated, list(features))
@@ -550,6 +607,13 @@ def candidate_contacts(setup: Setup) -> tuple[pd.DataFrame, pd.Series]:
     return allowed, cap
 
 
+def scored_candidates(setup: Setup, est: Estimates, baseline: str = "purchase_model") -> tuple[pd.DataFrame, pd.Series]:
+    """`score` of the `candidate_contacts`, and each customer's cap; the unscored candidates are not kept (a copy of
+    what the scored frame holds: 107 MB per million candidate rows, 5M rows at a million customers)."""
+    cands, cap = candidate_contacts(setup)
+    return score(setup, est, cands, baseline), cap
+
+
 def baseline_rate(customers: pd.DataFrame) -> np.ndarray:
     """P(buy within the attribution window | not contacted) from the purchase model: 1 - exp(-expected purchases in
     the window) (Poisson while alive, weighted by P(alive) through the expectation); 0 without purchase history."""
@@ -614,11 +678,19 @@ def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str) ->
     return out.assign(**scores, source=pd.array(source, dtype="str"))
 
 
+def _first_launch(scored: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """The candidates of the first launch date, only the columns `cols` (the text columns a comparison does not read,
+    campaign_type, channel and source, are not copied)."""
+    return scored.loc[(scored["contact_date"] == scored["contact_date"].min()).to_numpy(), cols]
+
+
 def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
                    customers: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per offer and segment, each discount level's mean uplift and total expected incremental margin (cheapest
     channel, first launch), with `best` marking the level that earns most for the whole segment."""
-    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    cols = [c for c in ("customer_id", "offer_id", "discount_pct", "cost", "margin_pct", "p_treated", "p_control",
+                        "expected_order_value", segment_col) if c in scored.columns]
+    first = _first_launch(scored, cols)
     cheapest = first.loc[first.groupby(["customer_id", "offer_id", "discount_pct"])["cost"].idxmin()]
     if segment_col not in cheapest.columns and customers is not None:
         cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
@@ -670,7 +742,12 @@ def solve(scored: pd.DataFrame, setup: Setup, cap: pd.Series, max_exact_rows: in
 
 
 def _campaign_id(frame: pd.DataFrame) -> pd.Series:
-    return frame["offer_id"].astype(str) + "-" + pd.to_datetime(frame["contact_date"]).dt.strftime("%Y%m%d")
+    return frame["offer_id"].astype(str) + "-" + _day_text(frame["contact_date"], "%Y%m%d")
+
+
+def _day_text(dates: pd.Series, fmt: str) -> pd.Series:
+    """The dates as text (`strftime` format), formatted once per distinct date (a plan repeats a few launch dates)."""
+    return per_distinct(dates, lambda d: pd.to_datetime(d).dt.strftime(fmt))
 
 
 def make_plan(setup: Setup, scored: pd.DataFrame, cap: pd.Series, max_exact_rows: int = 20_000,
@@ -802,7 +879,7 @@ def calendar(plan: Plan) -> pd.DataFrame:
 def plot_calendar(plan: Plan) -> Figure:
     """Contacts per launch date and channel: the workload of each week."""
     t = plan.rows[plan.rows["group"] == "treatment"]
-    counts = t.groupby([pd.to_datetime(t["contact_date"]).dt.strftime("%d %b"), "channel"]).size().unstack(fill_value=0)
+    counts = t.groupby([_day_text(t["contact_date"], "%d %b"), "channel"]).size().unstack(fill_value=0)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     counts.plot.bar(stacked=True, ax=ax, rot=0, color=[CHANNEL_COLOURS.get(c, "#888888") for c in counts.columns])
@@ -824,7 +901,7 @@ def target_lists(plan: Plan, customers: pd.DataFrame, out_dir: str | Path,
     folder.mkdir(parents=True, exist_ok=True)
     cols = ["customer_id", "offer_id", "campaign_id", "discount_pct", "arm", "group", "contact_date"]
     rows = plan.rows[cols + ["channel"]].rename(columns={"discount_pct": "discount"})
-    rows["contact_date"] = pd.to_datetime(rows["contact_date"]).dt.strftime("%Y-%m-%d")
+    rows["contact_date"] = _day_text(rows["contact_date"], "%Y-%m-%d")
     if include_contact_details:
         details = [c for c in ("email", "phone") if c in customers.columns]
         rows = rows.merge(customers[["customer_id", *details]], on="customer_id", how="left")
@@ -902,7 +979,8 @@ def diffusive_vs_targeted(scored: pd.DataFrame, plan: Plan, seed: int = 0) -> pd
     at its highest discount on his cheapest allowed channel. Expected contacts, redemption rate, sales, extra margin
     and the margin given away to customers who would have bought anyway (dilution)."""
     treated = plan.rows[plan.rows["group"] == "treatment"]
-    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    first = _first_launch(scored, ["customer_id", "offer_id", "discount_pct", "cost", "p_treated", "p_control",
+                                   "expected_order_value", "value"])
     rng = np.random.default_rng(seed)
     top = first[first["discount_pct"] == first.groupby("offer_id")["discount_pct"].transform("max")]
     pick = top.assign(_u=rng.random(len(top))).sort_values(["customer_id", "_u"])

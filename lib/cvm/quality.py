@@ -5,6 +5,7 @@ the data-quality report. A whole column of the wrong type, or a table with every
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -30,21 +31,37 @@ MAX_SLICED_RUNS = 1000
 @dataclass
 class Validated:
     """A validated table: kept rows (typed), rejected rows with a `reject_reason`, per-reason counts, and counts of
-    rows flagged but kept (e.g. cancellations among all rows read)."""
+    rows flagged but kept (e.g. cancellations among all rows read).
+
+    A Parquet source validated in DuckDB (`cvm.quality_sql`) holds no kept frame: `kept_sql` selects the kept rows from
+    the file (given `kept_rows`, the file's rows but those at `rejected_positions`, by position), and `kept` is built
+    on demand by the pandas path."""
 
     table: str
     source: str
-    kept: pd.DataFrame
+    kept_frame: pd.DataFrame | None
     rejected: pd.DataFrame
     rows_read: int
     reasons: dict[str, int]
     coerced: dict[str, int]
     flagged: dict[str, int]
+    n_kept: int
+    columns: list[str]
+    kept_sql: str | None = None
+    rejected_positions: np.ndarray | None = None
+    load_kept: Callable[[], pd.DataFrame] | None = None
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        """The kept rows as a typed frame."""
+        if self.kept_frame is None and self.load_kept is not None:
+            self.kept_frame = self.load_kept()
+        return self.kept_frame
 
     def report_rows(self) -> list[dict]:
         """Rows for the data-quality report: one per rejection reason (or one 'ok' row)."""
         base = {"table": self.table, "file": self.source, "rows_read": self.rows_read,
-                "rows_kept": len(self.kept), "rows_rejected": len(self.rejected)}
+                "rows_kept": self.n_kept, "rows_rejected": len(self.rejected)}
         if not self.reasons:
             return [{**base, "reason": "", "rows": 0}]
         return [{**base, "reason": r, "rows": n} for r, n in self.reasons.items()]
@@ -237,9 +254,9 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
     code = np.zeros(rows_read, dtype=np.int32)
     for number, mask in enumerate(bad_masks.values(), start=1):
         code[(code == 0) & mask.fillna(False).to_numpy(dtype=bool)] = number
-    keys = _duplicate_key(table, out)
+    keys = duplicate_key(table, list(out.columns))
     if keys:
-        labels.append("duplicate order line" if table == "transactions" else f"duplicate {', '.join(keys)}")
+        labels.append(duplicate_label(table, keys))
         code[(code == 0) & _duplicated(out, keys)] = len(labels)
     rejected_mask = code > 0
     kept = pandera_schema(table).validate(_rows(out, ~rejected_mask).reset_index(drop=True), inplace=True)
@@ -250,7 +267,7 @@ def validate(table: str, frame: pd.DataFrame, as_of: date, source: str | Path = 
         top = ", ".join(f"{k}: {v:,}" for k, v in reasons.items())
         raise InputError(f"{table}: every one of the {rows_read:,} rows of file {source} was rejected ({top}).")
     return Validated(table, source, kept, rejected.reset_index(drop=True), rows_read,
-                     {str(k): int(v) for k, v in reasons.items()}, coerced, flagged)
+                     {str(k): int(v) for k, v in reasons.items()}, coerced, flagged, len(kept), list(kept.columns))
 
 
 def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
@@ -266,15 +283,20 @@ def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     return pd.concat([frame.iloc[start:stop] for start, stop in zip(starts, stops)])
 
 
-def _duplicate_key(table: str, frame: pd.DataFrame) -> list[str]:
-    """Columns whose repetition makes a row a duplicate."""
+def duplicate_key(table: str, columns: list[str]) -> list[str]:
+    """Columns (of the validated table's `columns`) whose repetition makes a row a duplicate."""
     if table == "transactions":
-        return [c for c in frame.columns if c not in ("is_return", "is_cancellation")]
+        return [c for c in columns if c not in ("is_return", "is_cancellation")]
     if table in ("customers", "loyalty"):
         return ["customer_id"]
     if table == "campaigns":
         return ["campaign_id"]
     return []
+
+
+def duplicate_label(table: str, keys: list[str]) -> str:
+    """The rejection reason of a duplicate row."""
+    return "duplicate order line" if table == "transactions" else f"duplicate {', '.join(keys)}"
 
 
 def _duplicated(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:

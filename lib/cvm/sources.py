@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,7 +147,14 @@ def column_plan(src: SourceConfig, header: list[str], table: Table | None = None
 
 def load_source(src: SourceConfig) -> pd.DataFrame:
     """The client's file as a frame with contract column names (values still as read; types come in `cvm.quality`)."""
-    raw = read_raw(src)
+    frame = shape(read_raw(src), src)
+    if len(frame) == 0:
+        raise InputError(f"{src.table}: file {src.path} has a header but no rows.")
+    return frame
+
+
+def shape(raw: pd.DataFrame, src: SourceConfig) -> pd.DataFrame:
+    """Rows of the file as read (`read_raw`) with contract column names, constants and value maps applied."""
     table = TABLES[src.table]
     plan = column_plan(src, list(raw.columns), table)
     frame = pd.DataFrame({name: raw[file_col] for name, file_col in plan.items()}, copy=False)  # copy-on-write
@@ -162,6 +172,21 @@ def load_source(src: SourceConfig) -> pd.DataFrame:
         frame[name] = frame[name].map(lambda v, m=mapping: m.get(v, v))
     if src.control_arm is not None and "group" not in plan:
         frame["group"] = (frame["arm"].astype(str) == src.control_arm).map({True: "control", False: "treatment"})
-    if len(frame) == 0:
-        raise InputError(f"{src.table}: file {src.path} has a header but no rows.")
     return frame
+
+
+def parquet_rows(src: SourceConfig, rows: np.ndarray, nullable_ints: set[str]) -> pd.DataFrame:
+    """Rows of a Parquet file at these positions (ascending), as `read_raw` gives them from the whole file:
+    `nullable_ints` names the integer columns that have missing values somewhere in the file (pandas reads them as
+    floats)."""
+    schema = pq.read_schema(src.path)
+    with duckdb.connect() as con:
+        con.register("wanted_rows", pa.table({"r": pa.array(rows, pa.int64())}))
+        picked = con.sql("SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true) "
+                         "WHERE file_row_number IN (SELECT r FROM wanted_rows) ORDER BY file_row_number",
+                         params=[str(src.path)]).to_arrow_table()
+    buffer = io.BytesIO()
+    pq.write_table(picked.rename_columns(schema.names).cast(schema), buffer)  # the file's types and pandas metadata
+    frame = pd.read_parquet(buffer)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.astype({c: "float64" for c in nullable_ints})
