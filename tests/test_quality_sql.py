@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from cvm import quality_sql
 from cvm.config import SourceConfig
 from cvm.customer_db import _write_kept
 from cvm.engine import fetch
@@ -83,6 +84,14 @@ def _contacts(rng: np.random.Generator, n: int, messy: bool) -> pa.Table:
 
 
 def _both(src: SourceConfig) -> None:
+    """Both ways of leaving rejected rows out of the written table (their positions listed, or joined by position)."""
+    for listed in (0, 10**6):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(quality_sql, "MAX_LISTED_REJECTS", listed)
+            _both_once(src)
+
+
+def _both_once(src: SourceConfig) -> None:
     native = validate_parquet(src, AS_OF)
     assert native is not None and native.kept_sql is not None
     frame = validate(src.table, load_source(src), AS_OF, source=src.path, read=src.read,

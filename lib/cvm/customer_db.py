@@ -124,7 +124,7 @@ def _write_kept(con: duckdb.DuckDBPyConnection, name: str, validated: Validated)
     if validated.kept_sql is not None:
         kept = np.ones(validated.rows_read, dtype=bool)
         kept[validated.rejected_positions] = False
-        con.register("kept_rows", pa.table({KEEP: kept}))
+        con.register("kept_rows", pa.table({KEEP: kept}))  # read only when the query joins it (many rejected rows)
         con.execute(f"CREATE TABLE {name} AS {validated.kept_sql}")
         con.unregister("kept_rows")
         return

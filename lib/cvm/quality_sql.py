@@ -34,6 +34,9 @@ TEXT = (pa.string(), pa.large_string())
 FLOATS = (pa.float32(), pa.float64())
 #: name of the kept-row flag joined by position to the file when the table is written
 KEEP = "cvm_kept_row"
+#: up to this many rejected rows are left out by listing their positions, beyond it by the positional join of KEEP (at
+#: 20M rows: 3 listed 7.0 s, 1000 listed 4.3 s for two columns, 5000 listed 18 s; the positional join 14.3 s)
+MAX_LISTED_REJECTS = 100
 
 
 @dataclass(frozen=True)
@@ -250,8 +253,11 @@ def validate_parquet(src: SourceConfig, as_of: date) -> Validated | None:
     rejected = shape(parquet_rows(src, positions, nullable_ints), src).astype("string").assign(
         reject_reason=reason.array).reset_index(drop=True)
     select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in typed.items())
-    kept_sql = f"SELECT {select} FROM {base}" + (
-        f" POSITIONAL JOIN kept_rows WHERE kept_rows.{KEEP}" if len(positions) else "")
+    kept_sql = f"SELECT {select} FROM {base}"
+    if 0 < len(positions) <= MAX_LISTED_REJECTS:
+        kept_sql += f" WHERE file_row_number NOT IN ({', '.join(str(p) for p in positions)})"
+    elif len(positions):
+        kept_sql += f" POSITIONAL JOIN kept_rows WHERE kept_rows.{KEEP}"
     return Validated(
         table, str(src.path), None, rejected, rows_read, {str(k): int(v) for k, v in reason.value_counts().items()},
         {k[8:]: int(v) for k, v in totals.items() if k.startswith("coerced:") and v},
