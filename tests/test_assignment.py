@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm.assignment import Constraints, _group_argmax, solve_exact, solve_scalable
 from cvm.errors import InputError
 

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import special, stats
-
 from cvm.contract import CAMPAIGN_TYPES, TABLES
-from cvm.demo import (SEGMENTS, DemoTruth, _codes, generate, load_rules, load_truth, simulate_outcomes,
-                      true_response)
+from cvm.demo import SEGMENTS, DemoTruth, _codes, generate, load_rules, load_truth, simulate_outcomes, true_response
 from cvm.errors import InputError
+from scipy import special, stats
 
 N = 5000
 SEED = 7

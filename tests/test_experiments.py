@@ -9,10 +9,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
-
 from cvm import experiments as ex
 from cvm.errors import InputError
+from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 
@@ -164,7 +163,7 @@ def test_cuped_variance_reduction_and_unbiased_difference() -> None:
     assert cuped["cuped_variance_reduction"] == pytest.approx(0.5, abs=0.02)
     assert cuped["cuped_theta"] == pytest.approx(0.8, abs=0.02)
     assert cuped["revenue_diff_welch_low"] < 0.25 < cuped["revenue_diff_welch_high"]
-    width = lambda r: r["revenue_diff_welch_high"] - r["revenue_diff_welch_low"]  # noqa: E731
+    width = lambda r: r["revenue_diff_welch_high"] - r["revenue_diff_welch_low"]
     assert width(cuped) / width(plain) == pytest.approx(math.sqrt(0.5), abs=0.03)
     direct = ex.cuped_adjust(y, pre)
     assert direct.adjusted.mean() == pytest.approx(y.mean())

@@ -8,7 +8,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm.errors import InputError
 from cvm.features import customer_features, daily_purchase_counts, holdout_purchases
 

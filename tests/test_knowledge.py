@@ -7,7 +7,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm import knowledge
 from cvm.errors import InputError
 

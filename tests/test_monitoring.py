@@ -5,7 +5,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm import monitoring as mon
 from cvm.errors import InputError
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from cvm.assignment import solve_scalable
 from cvm.control_groups import assign_control
 from cvm.errors import InputError
@@ -154,7 +153,7 @@ def test_apply_policy_counts_equal_the_per_row_definition(policy):
         allowed, cap = apply_policy(cand, customers, history, policy, AS_OF)
         made = history[history["group"] != "control"]
 
-        def count(customer: str, day: pd.Timestamp, width: int) -> int:
+        def count(customer: str, day: pd.Timestamp, width: int, made: pd.DataFrame = made) -> int:
             days = made.loc[made["customer_id"] == customer, "contact_date"]
             return int(((days > day - pd.Timedelta(days=width)) & (days < day + pd.Timedelta(days=width))).sum())
 

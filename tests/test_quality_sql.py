@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
 from cvm import quality_sql
 from cvm.config import SourceConfig
 from cvm.customer_db import _write_kept

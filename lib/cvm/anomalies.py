@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cvm.config import read_yaml
+from cvm.engine import fetch
 from cvm.errors import InputError
 from cvm.keys import key_positions, rows_at
 from cvm.value import _connection, _to_date
-from cvm.engine import fetch
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "anomalies.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cvm.config import named_item, read_yaml
+from cvm.engine import fetch
 from cvm.errors import InputError
 from cvm.value import _connection, _lines, _to_date
-from cvm.engine import fetch
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "lifecycle.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,

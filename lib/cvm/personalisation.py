@@ -31,9 +31,9 @@ from cvm import assignment, cards, control_groups, customer_db, knowledge, uplif
 from cvm import features as feat
 from cvm import offers as off
 from cvm import policy as pol
+from cvm.engine import fetch
 from cvm.errors import InputError
 from cvm.keys import isin_keys, key_positions, per_distinct
-from cvm.engine import fetch
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
 #: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)

@@ -18,10 +18,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from cvm.engine import fetch
 from cvm.errors import InputError
 from cvm.features import table_columns
 from cvm.keys import key_positions, rows_at
-from cvm.engine import fetch
 
 #: Days per month used for "months since acquisition".
 MONTH_DAYS = 365.25 / 12
