@@ -1,8 +1,7 @@
 """The personalisation step's one-pass computations against their plain definitions, on the 5,000-customer demo and on
 hand-made cases: behaviour at each contact date (one DuckDB query) against `features.customer_features` cut at the
-day before each date, the as_of state `prepare` reads against `features.customer_features`, scoring variant by
-variant against scoring each variant's customers on their own, the demo's true values against
-`cvm.demo.true_response` row by row, and the candidate grid against the product of its levels."""
+day before each date, scoring variant by variant against scoring each variant's customers on their own, the demo's
+true values against `cvm.demo.true_response` row by row, and the candidate grid against the product of its levels."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,26 +66,19 @@ def test_behaviour_at_every_contact_equals_customer_features_per_date(demo_con: 
     _compare(new, ref)
 
 
-def _hand_made_lines(d_date: str) -> duckdb.DuckDBPyConnection:
-    """A connection with hand-made transactions: A buys o1 and o2 and returns most of o1 later, B only returns, C buys
-    for zero, D buys once on `d_date`."""
-    lines = pd.DataFrame({
-        "customer_id": ["A", "A", "A", "A", "B", "C", "D"],
-        "order_id": ["o1", "o1", "o2", "o1", "r1", "z1", "d1"],
-        "order_date": pd.to_datetime(["2026-06-01", "2026-06-01", "2026-06-03", "2026-06-05", "2026-06-02",
-                                      "2026-06-02", d_date]),
-        "amount": [60.0, 40.0, 50.0, -120.0, -30.0, 0.0, 10.0]})
-    con = duckdb.connect()
-    con.register("transactions", lines)
-    return con
-
-
 def test_behaviour_at_hand_made_returns_and_gaps():
     """Truth by hand, and the per-date definition. Customer A buys order o1 (100) on 1 Jun and o2 (50) on 3 Jun and
     returns 120 of o1 on 5 Jun: on 4 Jun 2 purchase days, 2 orders, 75 per order; on 6 Jun o1's net is -20, so one
     purchase order and 30 net per order, still 2 purchase days (5 Jun has only a return). B has only a return line; C
     a zero-value purchase; D buys after the contact date and is left out."""
-    con = _hand_made_lines("2026-06-20")
+    lines = pd.DataFrame({
+        "customer_id": ["A", "A", "A", "A", "B", "C", "D"],
+        "order_id": ["o1", "o1", "o2", "o1", "r1", "z1", "d1"],
+        "order_date": pd.to_datetime(["2026-06-01", "2026-06-01", "2026-06-03", "2026-06-05", "2026-06-02",
+                                      "2026-06-02", "2026-06-20"]),
+        "amount": [60.0, 40.0, 50.0, -120.0, -30.0, 0.0, 10.0]})
+    con = duckdb.connect()
+    con.register("transactions", lines)
     fit = clv.BGNBDFit(r=0.5, alpha=5.0, a=0.8, b=2.5, log_likelihood=0.0, se={}, converged=True, n_customers=4,
                        iterations=0)
     pairs = pd.DataFrame({"customer_id": ["A", "A", "B", "C", "D"],
@@ -100,29 +92,6 @@ def test_behaviour_at_hand_made_returns_and_gaps():
     assert new.loc[("C", pd.Timestamp("2026-06-10")), "purchase_days"] == 1
     assert "D" not in new.index.get_level_values("customer_id")
     _compare(new.reset_index(), _reference_behaviour(con, pairs, fit))
-
-
-def _compare_customers_at(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp) -> pd.DataFrame:
-    ref = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W")
-    new = pz.customers_at(con, as_of)
-    pd.testing.assert_frame_equal(new, ref[list(new.columns)].astype({"recency_days": float, "tenure_days": float,
-                                                                      "n_purchase_days": "int64"}),
-                                  check_exact=False, rtol=1e-12, atol=1e-9)
-    return new
-
-
-def test_customers_at_equals_customer_features(demo_con: duckdb.DuckDBPyConnection):
-    """Known truth: `features.customer_features` (purchase days, weeks) on the columns prepare reads, on the demo at
-    as_of and a year earlier, and on hand-made lines (an order returned days later, a customer with only a return, a
-    zero-value purchase, a purchase after as_of)."""
-    _compare_customers_at(demo_con, AS_OF)
-    _compare_customers_at(demo_con, AS_OF - pd.Timedelta(days=400))
-    con = _hand_made_lines("2026-07-20")
-    new = _compare_customers_at(con, AS_OF).set_index("customer_id")
-    assert new.loc["A", "monetary_mean"] == 30 and new.loc["A", "n_purchase_days"] == 2
-    assert new.loc["B", "n_purchase_days"] == 0 and np.isnan(new.loc["B", "x"]) and "D" not in new.index
-    with pytest.raises(InputError, match="no rows"):
-        pz.customers_at(con, pd.Timestamp("1990-01-01"))
 
 
 @pytest.fixture(scope="module")

@@ -178,17 +178,27 @@ def balance_table(plan: pd.DataFrame, covariates: Sequence[str], group_col: str 
     return pd.DataFrame(rows).set_index("covariate")
 
 
+def campaign_ids(plan: pd.DataFrame, date_col: str = "contact_date") -> pd.Series:
+    """A plan's campaign ids: offer_id-YYYYMMDD of the contact date (each distinct date formatted once)."""
+    days = per_distinct(pd.to_datetime(plan[date_col]), lambda d: d.dt.strftime("%Y%m%d"))
+    return plan["offer_id"].astype(str) + "-" + days
+
+
+def arm_labels(plan: pd.DataFrame) -> pd.Series:
+    """A plan's arms: '<discount>pct_<channel>' (each distinct discount formatted once)."""
+    return (plan["discount_pct"].map({d: f"{d:g}pct" for d in plan["discount_pct"].unique()}) + "_"
+            + plan["channel"].astype(str))
+
+
 def to_contacts(plan: pd.DataFrame, customer_col: str = "customer_id", date_col: str = "contact_date",
                 group_col: str = "group") -> pd.DataFrame:
-    """Contacts-table rows (see cvm.contract.CONTACTS) for the plan, control rows included:
-    campaign_id = offer_id-YYYYMMDD, arm = '<discount>pct_<channel>'."""
+    """Contacts-table rows (see cvm.contract.CONTACTS) for the plan, control rows included (`campaign_ids`,
+    `arm_labels`)."""
     dates = pd.to_datetime(plan[date_col])
     return pd.DataFrame({
         "customer_id": plan[customer_col].to_numpy(),
-        "campaign_id": (plan["offer_id"].astype("string") + "-"
-                        + per_distinct(dates, lambda d: d.dt.strftime("%Y%m%d"))).to_numpy(),
-        "arm": (plan["discount_pct"].map({d: f"{d:g}pct" for d in plan["discount_pct"].unique()}) + "_"
-                + plan["channel"].astype("string")).to_numpy(),
+        "campaign_id": campaign_ids(plan, date_col).to_numpy(),
+        "arm": arm_labels(plan).to_numpy(),
         "group": plan[group_col].to_numpy(),
         "channel": plan["channel"].to_numpy(),
         "contact_date": dates.to_numpy(),

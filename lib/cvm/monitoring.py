@@ -373,33 +373,22 @@ def overview(setup: Setup) -> pd.DataFrame:
     """Per campaign: name, type, channel, start, arms, treated and control counts, funnel counts and revenue."""
     steps = [*[f for f in FUNNEL if f in setup.contacts.columns], setup.primary]
     value = [setup.value] if setup.value else []
-    c = setup.contacts
-    # the text keys are factorised once; the groupings use their integer codes (code -1: no campaign id, left out)
-    campaign, ids = pd.factorize(c["campaign_id"])
-    arm, arm_names = pd.factorize(c["arm"])
-    is_treated = c["group"] == "treatment"
-    flag = is_treated.to_numpy(dtype=bool, na_value=False)
-
-    def by_campaign(table: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
-        table = table[table.index >= 0]
-        return table.set_axis(pd.Index(ids[table.index], name="campaign_id"))
-
-    agg = by_campaign(pd.DataFrame({"n_treated": is_treated, "n_control": ~is_treated}).groupby(campaign).sum())
-    sums = c[list(dict.fromkeys(steps + value))].groupby([campaign, flag]).sum()
-    treated_level = sums.index.get_level_values(1).to_numpy(dtype=bool)
-    sums_t, sums_c = (by_campaign(sums[rows].droplevel(1)) for rows in (treated_level, ~treated_level))
-    cells = pd.Series(arm[flag]).groupby(campaign[flag]).unique()
-    arms = by_campaign(cells.map(lambda codes: ", ".join(sorted(arm_names[codes[codes >= 0]])))).astype(
-        c["arm"].dtype)
+    c = setup.contacts[list(dict.fromkeys(["campaign_id", "group", "arm", *steps, *value]))]
+    treated = c["group"] == "treatment"
+    agg = c.assign(_t=treated, _c=~treated).groupby("campaign_id").agg(
+        n_treated=("_t", "sum"), n_control=("_c", "sum"))
+    by_campaign = c[treated].groupby("campaign_id")
+    arms = by_campaign["arm"].agg(lambda s: ", ".join(sorted(s.unique())))
     out = setup.campaigns[["campaign_id", "name", "type", "channel"]
                           + (["start_date"] if "start_date" in setup.campaigns else [])].copy()
     out["arms"] = out["campaign_id"].map(arms)
     out = out.merge(agg.reset_index(), on="campaign_id", how="left")
+    sums = by_campaign[list(dict.fromkeys(steps + value))].sum()
     for col in steps:
-        out[f"{col}_treated"] = out["campaign_id"].map(sums_t[col]).astype(float)
+        out[f"{col}_treated"] = out["campaign_id"].map(sums[col]).astype(float)
     if setup.value:
-        out["revenue_treated"] = out["campaign_id"].map(sums_t[setup.value])
-        out["revenue_control"] = out["campaign_id"].map(sums_c[setup.value])
+        out["revenue_treated"] = out["campaign_id"].map(sums[setup.value])
+        out["revenue_control"] = out["campaign_id"].map(c[~treated].groupby("campaign_id")[setup.value].sum())
     return out
 
 

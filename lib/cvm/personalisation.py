@@ -178,70 +178,18 @@ def behaviour_at(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, pair
         state = fetch(con.sql(PAIR_STATE_SQL.format(end=end.max().date().isoformat() if len(end) else as_of.date())))
     finally:
         con.unregister("_pairs")
-    features = state_features(state, pd.to_datetime(state["end_day"]))
-    return pd.concat([state[["customer_id", "at"]], behaviour(features, bgnbd, window_days)], axis=1)
-
-
-def state_features(state: pd.DataFrame, end: pd.Series | pd.Timestamp) -> pd.DataFrame:
-    """The `behaviour` inputs named as `cvm.features` names them (same index; x, t_x, T in weeks, purchase days) from
-    a customer state measured to `end` (one day, or one per row): monetary_total, n_orders, n_purchase_days,
-    first_purchase, last_purchase (as PAIR_STATE_SQL and AS_OF_STATE_SQL give them)."""
     day = np.timedelta64(1, "D")
-    first, last = (pd.to_datetime(state[c]) for c in ("first_purchase", "last_purchase"))
+    end_day, first, last = (pd.to_datetime(state[c]) for c in ("end_day", "first_purchase", "last_purchase"))
     n_days = state["n_purchase_days"].fillna(0).astype("int64")
     n_orders = state["n_orders"].fillna(0).to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(n_orders > 0, state["monetary_total"].to_numpy(dtype=float) / n_orders, np.nan)
     unit = feat.TIME_UNIT_DAYS["W"]
-    return pd.DataFrame({"recency_days": (end - last) / day, "n_purchase_days": n_days,
-                         "tenure_days": (end - first) / day, "monetary_mean": mean,
-                         "x": (n_days - 1).where(n_days > 0).astype("float64"),
-                         "t_x": (last - first) / day / unit, "T": (end - first) / day / unit}, index=state.index)
-
-
-#: Per customer with a transaction line up to {end}, the state PAIR_STATE_SQL gives on that day (monetary_total over
-#: every line, n_orders purchase orders, purchase days with the first and last), plus the purchase days' net value and
-#: the first one's, for the Gamma-Gamma input: the columns of `features.customer_features` (frequency_basis "days")
-#: that `prepare` uses, without its category / channel shares (two more scans of the transactions). The sums are
-#: taken as customer_features takes them (monetary_total over the lines: summed over the orders' nets instead, one
-#: customer's order value at 1M customers moved by a rounding step and his score crossed a tree split). One row per
-#: customer, in customer_id order as customer_features sorts them. DuckDB SQL: reads the run database's transactions.
-AS_OF_STATE_SQL = """
-    WITH lines AS (
-        SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(amount AS DOUBLE) AS amount
-        FROM transactions WHERE CAST(order_date AS DATE) <= DATE '{end}'),
-    line_agg AS (SELECT customer_id, SUM(amount) AS monetary_total FROM lines GROUP BY customer_id),
-    orders AS (
-        SELECT customer_id, SUM(amount) AS net, MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS has_buy
-        FROM lines GROUP BY customer_id, order_id),
-    order_agg AS (
-        SELECT customer_id, CAST(SUM(CASE WHEN net >= 0 AND has_buy = 1 THEN 1 ELSE 0 END) AS BIGINT) AS n_orders
-        FROM orders GROUP BY customer_id),
-    pdays AS (
-        SELECT customer_id, d, SUM(amount) AS net FROM lines GROUP BY customer_id, d
-        HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
-    day_agg AS (
-        SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
-               SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
-        FROM pdays GROUP BY customer_id)
-    SELECT l.customer_id, l.monetary_total, o.n_orders, p.n_purchase_days, p.first_purchase, p.last_purchase,
-           p.purchase_day_value, p.first_day_value
-    FROM line_agg l LEFT JOIN order_agg o ON l.customer_id = o.customer_id
-    LEFT JOIN day_agg p ON l.customer_id = p.customer_id ORDER BY l.customer_id"""
-
-
-def customers_at(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp) -> pd.DataFrame:
-    """customer_id, the `state_features` columns measured to as_of and mean_repeat_value (net value per repeat
-    purchase day): what `behaviour` and `knowledge.fit_clv` read of `features.customer_features(con, as_of,
-    frequency_basis="days", time_unit="W")`, with the same values, in one narrower query (AS_OF_STATE_SQL)."""
-    feat.table_columns(con, "transactions")
-    state = fetch(con.sql(AS_OF_STATE_SQL.format(end=as_of.date().isoformat())))
-    if state.empty:
-        raise InputError(f"table 'transactions': no rows with order_date <= {as_of.date()}; check as_of.")
-    out = pd.concat([state[["customer_id"]], state_features(state, as_of)], axis=1)
-    x = out["x"].where(out["x"] > 0)
-    out["mean_repeat_value"] = ((state["purchase_day_value"] - state["first_day_value"]) / x).astype("float64")
-    return out
+    features = pd.DataFrame({"recency_days": (end_day - last) / day, "n_purchase_days": n_days,
+                             "tenure_days": (end_day - first) / day, "monetary_mean": mean,
+                             "x": (n_days - 1).where(n_days > 0).astype("float64"),
+                             "t_x": (last - first) / day / unit, "T": (end_day - first) / day / unit})
+    return pd.concat([state[["customer_id", "at"]], behaviour(features, bgnbd, window_days)], axis=1)
 
 
 def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_path: str | Path,
@@ -253,7 +201,8 @@ def prepare(con: duckdb.DuckDBPyConnection, as_of: str | pd.Timestamp, offers_pa
     policy = pol.load_policy(policy_path)
     offers = off.load_offers(offers_path)
     know = load_knowledge(con)
-    base = customers_at(con, as_of)
+    # the features behaviour and the BG/NBD fit read (purchase days, weeks); no category / channel shares
+    base = feat.customer_features(con, as_of.date(), frequency_basis="days", time_unit="W", top_categories=0)
     excluded = know.loc[know.get("anomaly_flag", pd.Series(False, index=know.index)).fillna(False).astype(bool),
                         "customer_id"]
     bgnbd = knowledge.fit_clv(base, excluded).bgnbd
@@ -741,10 +690,6 @@ def solve(scored: pd.DataFrame, setup: Setup, cap: pd.Series, max_exact_rows: in
     return assignment.solve_scalable(scored, constraints, seed=seed)
 
 
-def _campaign_id(frame: pd.DataFrame) -> pd.Series:
-    return frame["offer_id"].astype(str) + "-" + _day_text(frame["contact_date"], "%Y%m%d")
-
-
 def _day_text(dates: pd.Series, fmt: str) -> pd.Series:
     """The dates as text (`strftime` format), formatted once per distinct date (a plan repeats a few launch dates)."""
     return per_distinct(dates, lambda d: pd.to_datetime(d).dt.strftime(fmt))
@@ -756,9 +701,8 @@ def make_plan(setup: Setup, scored: pd.DataFrame, cap: pd.Series, max_exact_rows
     calculation), stratified by arm and segment, and check the plan against the policy."""
     solved = solve(scored, setup, cap, max_exact_rows, seed)
     rows = solved.plan.copy()
-    rows["campaign_id"] = _campaign_id(rows)
-    rows["arm"] = (rows["discount_pct"].map({d: f"{d:g}pct" for d in rows["discount_pct"].unique()}) + "_"
-                   + rows["channel"].astype(str))
+    rows["campaign_id"] = control_groups.campaign_ids(rows)
+    rows["arm"] = control_groups.arm_labels(rows)
     seg = setup.customers[setup.segment_col].astype("string").array
     where = key_positions(rows["customer_id"], setup.customers["customer_id"])
     rows[setup.segment_col] = pd.Series(seg.take(where, allow_fill=True), index=rows.index).fillna("unknown")

@@ -312,12 +312,17 @@ def _duplicated(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
     with duckdb.connect() as con:
         con.register("key_rows", rows)
         hashes = con.sql(f"SELECT hash({columns}) AS h FROM key_rows").fetchnumpy()["h"]
-    ordered = np.sort(hashes)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    candidates = pd.Series(hashes).isin(repeated).to_numpy()
+    candidates = hash_repeats(hashes)
     duplicated = np.zeros(len(frame), dtype=bool)
     duplicated[candidates] = _rows(subset, candidates).duplicated(keep="first").to_numpy()
     return duplicated
+
+
+def hash_repeats(hashes: np.ndarray) -> np.ndarray:
+    """Whether each row's hash occurs more than once: the only rows that can be duplicates (found by sorting the
+    hashes in numpy, faster than a GROUP BY on them at 20M rows)."""
+    ordered = np.sort(hashes)
+    return np.isin(hashes, ordered[1:][ordered[1:] == ordered[:-1]])
 
 
 def _hashes_alike(series: pd.Series) -> bool:
