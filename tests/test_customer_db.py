@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 
 from cvm import customer_db as db
 from cvm.config import SourceConfig
@@ -117,6 +118,24 @@ def test_busy_day_anomaly_counts_distinct_orders(tmp_path: Path) -> None:
     found = db.anomalies(db.connect(tmp_path), AS_OF).set_index("check")
     assert found.loc["customers with over 50 orders on one day", "rows"] == 51
     assert found.loc["customers with over 50 orders on one day", "example_order_id"] in set(lines["order_id"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_busy_day_anomaly_matches_its_definition(tmp_path: Path, seed: int) -> None:
+    """The busy-day check (narrowed to customers with over 50 lines) against its definition in pandas on random
+    lines: every line of a customer with over 50 distinct orders on some day."""
+    rng = np.random.default_rng(seed)
+    n = 1700  # about 47 lines per customer-day: some customers have a day over 50 orders, all have over 50 lines
+    lines = pd.DataFrame({"customer_id": [f"C{i}" for i in rng.integers(0, 12, n)],
+                          "order_id": [str(i) for i in rng.integers(0, 700, n)],
+                          "order_date": [f"2025-03-0{d} 10:00" for d in rng.integers(1, 4, n)], "amount": "1"})
+    db.build_customer_db({"transactions": validate("transactions", lines, AS_OF)}, tmp_path, AS_OF)
+    kept = db.read_table(db.connect(tmp_path), "transactions")
+    per_day = kept.groupby(["customer_id", kept["order_date"].dt.date])["order_id"].nunique()
+    busy = set(per_day[per_day > 50].index.get_level_values(0))
+    found = db.anomalies(db.connect(tmp_path), AS_OF).set_index("check")
+    assert found.loc["customers with over 50 orders on one day", "rows"] == kept["customer_id"].isin(busy).sum()
+    assert 0 < len(busy) < 12
 
 
 def test_customer_with_only_returns_has_zero_orders(tmp_path: Path) -> None:

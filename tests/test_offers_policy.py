@@ -184,6 +184,12 @@ def test_check_plan_finds_every_kind(policy, offers):
         "offer validity"]
     control = plan.assign(group="control")                                  # control rows are not contacted
     assert len(check_plan(control, customers, history, tight, AS_OF, offers=offers)) == 0
+    repeated = pd.concat([customers, customers.iloc[[2, 0]].assign(consent_email=False)])   # first row per id counts
+    pd.testing.assert_frame_equal(check_plan(plan, repeated, history, tight, AS_OF, offers=offers), found)
+    allowed, cap = apply_policy(cand, customers, history, policy, AS_OF)
+    again, cap_again = apply_policy(cand, repeated, history, policy, AS_OF)
+    pd.testing.assert_frame_equal(again, allowed)
+    pd.testing.assert_series_equal(cap_again, cap)
 
 
 def test_zero_violations_on_100k_customers(offers, policy):

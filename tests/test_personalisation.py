@@ -153,3 +153,56 @@ def test_campaign_cards_rendered_by_cvm_cards(tmp_path: Path):
     assert "Offer A" in page and "offer A &lt;b&gt;" in page  # escaped
     assert "<b>2</b><span>treated contacts</span>" in page and "<b>1</b><span>control customers</span>" in page
     assert "40.0%" in page  # expected redemption rate (0.3 + 0.5) / 2
+
+
+def _diffusive_reference(scored: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The diffusive pick by its plain definition: sorts and drop_duplicates on the text ids."""
+    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    top = first[first["discount_pct"] == first.groupby("offer_id")["discount_pct"].transform("max")]
+    pick = top.assign(_u=np.random.default_rng(seed).random(len(top))).sort_values(["customer_id", "_u"])
+    per_offer = pick.drop_duplicates(["customer_id", "offer_id"])
+    return per_offer.sort_values(["customer_id", "cost", "_u"]).drop_duplicates("customer_id")
+
+
+def test_diffusive_pick_equals_the_plain_sorts_on_random_candidates():
+    """Known truth: the plain definition (text sorts, drop_duplicates) gives the same table on random candidates with
+    repeated costs, several offers and dates, and ids whose text order differs from their order of appearance."""
+    rng = np.random.default_rng(3)
+    for seed in range(4):
+        n = 300
+        ids = np.array([f"c{i}" for i in rng.permutation(n)])
+        rows = rng.integers(0, n, 2000)
+        scored = pd.DataFrame({
+            "customer_id": ids[rows], "offer_id": rng.choice(["A", "B", "C"], len(rows)),
+            "discount_pct": rng.choice([0.0, 10.0, 20.0], len(rows)),
+            "contact_date": pd.Timestamp("2026-07-07") + pd.to_timedelta(7 * rng.integers(0, 2, len(rows)), "D"),
+            "cost": rng.choice([0.02, 0.07, 0.85], len(rows)), "p_control": rng.uniform(0, 0.3, len(rows)),
+            "expected_order_value": rng.uniform(10, 90, len(rows)), "value": rng.normal(0, 1, len(rows))})
+        scored["p_treated"] = scored["p_control"] + 0.05
+        plan = scored.sample(80, random_state=seed).assign(group="treatment", campaign_type="retention",
+                                                           channel="email", margin_pct=40.0, campaign_id="X")
+        got = pz.diffusive_vs_targeted(scored, _plan(plan), seed=seed)
+        spend = float(plan["cost"].sum())
+        order = _diffusive_reference(scored, seed).sample(frac=1.0, random_state=seed)
+        diffusive = order[order["cost"].cumsum() <= spend + 1e-9]
+        want = got.iloc[1]
+        assert want["contacts"] == len(diffusive) > 0
+        assert want["cost"] == float(diffusive["cost"].sum())
+        assert want["expected_incremental_margin"] == float(diffusive["value"].sum())
+
+
+def test_stacked_distinct_customers_equal_np_unique():
+    """Known truth: per variant np.unique of the customer positions (sorted) and its inverse, on random rows."""
+    rng = np.random.default_rng(5)
+    cands = pd.DataFrame({"offer_id": rng.choice(["A", "B"], 3000), "campaign_type": "retention",
+                          "channel": rng.choice(["email", "sms"], 3000), "discount_pct": rng.choice([0.0, 10.0], 3000)})
+    cands["campaign_type"] = cands["offer_id"].map({"A": "retention", "B": "upsell"})
+    variants = pz._variants(cands)
+    position = rng.integers(0, 500, len(cands))[variants.order]
+    ids, stacked = pz._stack_distinct(position, variants, 500)
+    offset = 0
+    for (_, rows), distinct in zip(variants.slices(), ids, strict=True):
+        unique, inverse = np.unique(position[rows], return_inverse=True)
+        np.testing.assert_array_equal(distinct, unique)
+        np.testing.assert_array_equal(stacked[rows], offset + inverse)
+        offset += len(unique)

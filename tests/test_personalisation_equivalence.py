@@ -59,7 +59,10 @@ def test_behaviour_at_every_contact_equals_customer_features_per_date(demo_con: 
                                      "at": np.repeat([AS_OF, AS_OF + pd.Timedelta(days=7)], 25)}),
                        pd.DataFrame({"customer_id": f["customer_id"].iloc[:200], "at": early})])
     pairs["at"] = pd.to_datetime(pairs["at"]).dt.normalize().astype("datetime64[us]")
-    new = pz.behaviour_at(demo_con, AS_OF, pairs, fit, 14)
+    pairs = pairs.drop_duplicates().set_axis(np.arange(len(pairs.drop_duplicates()))[::-1] * 3)   # labels kept
+    beh = pz.behaviour_at(demo_con, AS_OF, pairs, fit, 14)
+    assert beh.index.is_unique and (np.diff(pairs.index.get_indexer(beh.index)) > 0).all()   # the rows, in order
+    new = pd.concat([pairs.loc[beh.index], beh], axis=1)
     ref = _reference_behaviour(demo_con, pairs, fit)
     assert len(new) == len(ref) > len(history) * 0.9
     assert 0 < (new["at"] == early).sum() < 200
@@ -84,7 +87,8 @@ def test_behaviour_at_hand_made_returns_and_gaps():
     pairs = pd.DataFrame({"customer_id": ["A", "A", "B", "C", "D"],
                           "at": pd.to_datetime(["2026-06-05", "2026-06-07", "2026-06-10", "2026-06-10",
                                                 "2026-06-10"]).astype("datetime64[us]")})
-    new = pz.behaviour_at(con, AS_OF, pairs, fit, 14).set_index(["customer_id", "at"])
+    beh = pz.behaviour_at(con, AS_OF, pairs, fit, 14)
+    new = pd.concat([pairs.loc[beh.index], beh], axis=1).set_index(["customer_id", "at"])
     a4, a6 = new.loc[("A", pd.Timestamp("2026-06-05"))], new.loc[("A", pd.Timestamp("2026-06-07"))]
     assert (a4["purchase_days"], a4["avg_order_value"], a4["days_since_last"], a4["days_since_first"]) == (2, 75, 1, 3)
     assert (a6["purchase_days"], a6["avg_order_value"], a6["days_since_last"]) == (2, 30, 3)
@@ -157,6 +161,28 @@ def test_residual_learner_scores_with_the_purchase_baseline(demo_setup: pz.Setup
     assert not np.array_equal(half[0], full)
     with pytest.raises(InputError, match="baseline"):
         pz.learn(demo_setup, demo_con, "residual", baseline="control_group")
+
+
+@pytest.mark.parametrize(("method", "cap"), [("residual", None), ("residual", 2_000), ("two_model", None)])
+def test_validate_equals_refitting_without_each_campaign(demo_setup: pz.Setup, demo_con: duckdb.DuckDBPyConnection,
+                                                         monkeypatch: pytest.MonkeyPatch, method: str, cap: int | None):
+    """Each held-out campaign is scored by the model refitted on the whole history without it (the residual learner
+    on at most VALIDATION_FIT_ROWS treated rows, the same seeded subset): the lean copies the refits read change
+    nothing."""
+    est = pz.learn(demo_setup, demo_con, method, seed=5)
+    monkeypatch.setattr(pz, "VALIDATION_FIT_ROWS", cap)
+    v = pz.validate(est, method, 3, seed=5)
+    h = est.history
+    for row in v.table.itertuples():
+        test, train = h[h["campaign_id"] == row.campaign_id], h[h["campaign_id"] != row.campaign_id]
+        pred = (pz.fit_residual_uplift(train, seed=5, max_rows=cap).predict(test) if method == "residual" else
+                uplift.fit_uplift_model(train, pz.MODEL_FEATURES, value_col=None, method=method, seed=5,
+                                        monotone=pz.MONOTONE).predict(test))
+        y, t = test["converted"].astype(int), (test["group"] == "treatment").astype(int)
+        assert row.predicted_uplift == pytest.approx(float(pred["uplift"].mean()), rel=1e-12)
+        assert row.qini == pytest.approx(uplift.qini_coefficient(y, t, pred["uplift"]), rel=1e-12)
+    n_train = int(((h["group"] == "treatment") & (h["campaign_id"] != v.table["campaign_id"].iloc[0])).sum())
+    assert cap is None or n_train > cap
 
 
 def test_true_values_equal_true_response_row_by_row(demo_dir: Path, demo_setup: pz.Setup):

@@ -110,7 +110,7 @@ def test_transactions_match_the_pandas_path(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     messy = seed % 2 == 1
     path = tmp_path / "tx.parquet"
-    pq.write_table(_transactions(rng, 400, messy), path)
+    pq.write_table(_transactions(rng, 400, messy), path, row_group_size=int(rng.integers(20, 500)))  # 1-23 groups
     columns = {"customer_id": "Cust", "order_date": "When", "quantity": "Qty", "unit_price": "Price"}
     if seed % 3:
         columns["order_id"] = "Invoice"
@@ -119,10 +119,29 @@ def test_transactions_match_the_pandas_path(tmp_path: Path, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_few_repeated_rows_read_from_their_row_groups(tmp_path: Path, seed: int) -> None:
+    """Repeated rows in a few of many row groups: compared after reading those row groups only."""
+    rng = np.random.default_rng(seed)
+    lines = _transactions(rng, 400, seed % 2 == 1).slice(0, 400)
+    at = int(rng.integers(0, 398))
+    lines = pa.concat_tables([lines.slice(0, at + 1), lines.slice(at, 1), lines.slice(at + 1)])
+    path = tmp_path / "tx.parquet"
+    pq.write_table(lines, path, row_group_size=int(rng.integers(10, 60)))
+    reads = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quality_sql, "_candidate_rows",
+                      lambda *a, read=quality_sql._candidate_rows: reads.append(read(*a)) or reads[-1])
+        _both(SourceConfig("transactions", path, columns={"customer_id": "Cust", "order_date": "When",
+                                                          "order_id": "Invoice", "quantity": "Qty",
+                                                          "unit_price": "Price"}))
+    assert reads and all(r is not None for r in reads)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_contacts_match_the_pandas_path(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     path = tmp_path / "contacts.parquet"
-    pq.write_table(_contacts(rng, 300, seed % 2 == 1), path)
+    pq.write_table(_contacts(rng, 300, seed % 2 == 1), path, row_group_size=int(rng.integers(10, 400)))
     _both(SourceConfig("contacts", path, constants={"campaign_id": "CMP-1"}))
 
 

@@ -28,8 +28,10 @@ from cvm.keys import key_positions
 HISTORY_RULES: dict[str, float] = {"min_calibration_ratio": 2.0, "min_customers": 500, "min_churners": 50,
                                    "min_retained": 50}
 #: Above this many calibration customers the classifier learns from a seeded stratified sample of this size: the AUC
-#: and the scores are statistically the same and the cost stays flat as the base grows.
-MAX_TRAIN_ROWS = 250_000
+#: and the scores are statistically the same and the cost stays flat as the base grows. Against 250k: 1M (719k rows)
+#: validation AUC 0.8705 -> 0.8705, AUC on all rows 0.870 -> 0.869, score rank corr 0.997, fit CPU / 4; 200k (144k
+#: rows) validation AUC 0.869 -> 0.868, AUC on all rows 0.871 -> 0.871, rank corr 0.998.
+MAX_TRAIN_ROWS = 100_000
 
 
 def churn_risk_from_p_alive(p_alive: pd.Series | np.ndarray) -> pd.Series:

@@ -21,7 +21,7 @@ from cvm.assignment import Constraints
 from cvm.config import read_yaml
 from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.errors import InputError
-from cvm.keys import key_positions
+from cvm.keys import key_positions, repeated_keys
 from cvm.offers import Offer
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
@@ -160,17 +160,26 @@ def _days(dates: pd.Series | pd.Index, as_of: pd.Timestamp, table: str, column: 
     return np.asarray((pd.DatetimeIndex(d).normalize() - as_of.normalize()).days, dtype=np.int64)[codes]
 
 
+def _by_customer(customers: pd.DataFrame, customer_col: str) -> pd.DataFrame:
+    """The customers indexed by id, first row of each id: drop_duplicates only when an id repeats (it would hash the
+    ids and copy the whole table to drop nothing)."""
+    if repeated_keys(customers[customer_col]):
+        customers = customers.drop_duplicates(customer_col)
+    return customers.set_index(customer_col)
+
+
 def _history_keys(history: pd.DataFrame, customers: pd.Index, as_of: pd.Timestamp, customer_col: str,
                   date_col: str, group_col: str) -> np.ndarray:
     """Sorted (customer code, day) keys of the contacts actually made (control rows dropped)."""
     for col in (customer_col, date_col):
         if col not in history.columns:
             raise InputError(f"history (contacts): column '{col}' is missing; the caps need who was contacted when.")
-    h = history
-    if group_col in h.columns:
-        h = h[h[group_col].astype("string").fillna("treatment") != "control"]
-    code = key_positions(h[customer_col], customers)
-    day = _days(h[date_col], as_of, "history (contacts)", date_col)
+    made = np.ones(len(history), dtype=bool)
+    if group_col in history.columns:
+        made = (history[group_col].astype("string").fillna("treatment") != "control").to_numpy(dtype=bool)
+    # only the two columns read are filtered (a contact history has millions of rows and a dozen columns)
+    code = key_positions(history[customer_col][made], customers)
+    day = _days(history[date_col][made], as_of, "history (contacts)", date_col)
     keep = code >= 0
     return np.sort(code[keep] * _SPAN + day[keep] + _OFFSET)
 
@@ -208,7 +217,7 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
             raise InputError(f"candidates: column '{col}' is missing; build them with cvm.offers.build_candidates.")
     if customer_col not in customers.columns:
         raise InputError(f"customers: column '{customer_col}' is missing.")
-    cust = customers.drop_duplicates(customer_col).set_index(customer_col)
+    cust = _by_customer(customers, customer_col)
     cand_day = _days(candidates[date_col], as_of, "candidates", date_col)
     if (cand_day <= 0).any():
         raise InputError(f"candidates: {int((cand_day <= 0).sum())} rows have {date_col} on or before as_of "
@@ -297,7 +306,7 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
     p = plan if group_col not in plan.columns else plan[plan[group_col].astype("string") != "control"]
     p = p.reset_index(drop=True)
     ids = [c for c in (customer_col, "offer_id", "channel", date_col) if c in p.columns]
-    cust = customers.drop_duplicates(customer_col).set_index(customer_col)
+    cust = _by_customer(customers, customer_col)
     code = key_positions(p[customer_col], cust.index)
     found = []
     if (code < 0).any():
