@@ -159,3 +159,21 @@ def test_repeated_customer_caps_raise_input_error():
     caps = pd.Series([1, 1, 2, 1, 1, 1], index=[0, 1, 2, 2, 3, 4])
     with pytest.raises(InputError, match="repeated customer ids"):
         solve_scalable(cand, Constraints(max_per_customer=caps))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_codes_of_an_earlier_solve_give_the_same_plan(seed):
+    """Fuzzed: a solve on new values with the codes of an earlier solve on the same rows (the oracle's re-solve) is
+    identical to a fresh solve; codes of other rows are refused."""
+    cand, cons = random_case(400, 4, seed, dates=2)
+    cand = cand.sample(frac=1.0, random_state=seed).reset_index(drop=True)   # customers not in runs
+    first = solve_scalable(cand, cons, sample_customers=100, seed=seed)
+    other = cand.assign(value=np.random.default_rng(seed).normal(1.0, 3.0, len(cand)))
+    for solve in (solve_exact, solve_scalable):
+        kw = {"sample_customers": 100, "seed": seed} if solve is solve_scalable else {}
+        fresh, reused = solve(other, cons, **kw), solve(other, cons, codes=first.codes, **kw)
+        pd.testing.assert_frame_equal(fresh.plan, reused.plan)
+        pd.testing.assert_frame_equal(fresh.constraints, reused.constraints)
+        assert (fresh.objective, fresh.bound, fresh.gap) == (reused.objective, reused.bound, reused.gap)
+    with pytest.raises(InputError, match="codes"):
+        solve_scalable(other.iloc[:-1], cons, codes=first.codes)

@@ -124,3 +124,25 @@ def test_global_holdout_shares_from_policy_and_contacts():
     contacts = to_contacts(assign_control(plan, [], control_share=0.1, seed=0))
     assert set(contacts.columns) <= set(CONTACTS.names) and set(CONTACTS.required) <= set(contacts.columns)
     assert contacts["arm"].iloc[0] == "10pct_" + plan["channel"].iloc[0]
+
+
+def test_global_holdout_keeps_the_first_row_of_a_repeated_id():
+    """Hand-made: with an id repeated (first row kept, as drop_duplicates keeps it) the holdout equals the one drawn
+    on the deduplicated customers; without repeats, on the customers as given; the group column is text."""
+    customers = plan_frame(1000).drop_duplicates("customer_id")
+    repeated = pd.concat([customers, customers.iloc[[3, 0]].assign(rfm_segment="mid")])
+    once = global_holdout(customers, 0.05, ["rfm_segment"], seed=1)
+    pd.testing.assert_frame_equal(global_holdout(repeated, 0.05, ["rfm_segment"], seed=1), once)
+    assert once["group"].dtype == pd.Series(["control"]).dtype
+
+
+def test_to_contacts_same_frame_from_arrow_or_object_text():
+    """Hand-made: a plan with Arrow text columns and the same plan with Python-object columns give the same contacts
+    frame (text keeps the inferred text dtype, missing values included)."""
+    plan = assign_control(plan_frame(300).assign(customer_id=lambda f: "C" + f["customer_id"].astype(str)),
+                          ["rfm_segment"], control_share=0.2, seed=3)
+    plan.loc[7, "channel"] = None
+    arrow = plan.astype({"customer_id": "str", "channel": "str", "group": "str", "offer_id": "str"})
+    objects = plan.astype({"customer_id": object, "channel": object, "group": object, "offer_id": object})
+    pd.testing.assert_frame_equal(to_contacts(arrow), to_contacts(objects), check_exact=True)
+    assert to_contacts(arrow)["customer_id"].dtype == pd.Series(["x"]).dtype

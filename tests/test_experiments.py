@@ -227,6 +227,27 @@ def test_sequential_monitor_weekly_looks() -> None:
     assert isinstance(fig, Figure) and "efficacy" in fig._suptitle.get_text()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_sequential_monitor_per_campaign_plans_match_separate_calls(seed: int) -> None:
+    """Fuzzed: one call over several campaigns with per-campaign planned sizes gives the rows of one call per
+    campaign (each campaign's looks at its own contact weeks)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    contacts = pd.DataFrame({"campaign_id": rng.choice(["c1", "c2", "c3"], n),
+                             "group": rng.choice(["treatment", "control"], n, p=[0.8, 0.2]),
+                             "converted": (rng.random(n) < 0.2).astype(int)})
+    contacts["arm"] = np.where(contacts["group"] == "treatment", rng.choice(["a", "b"], n), "ctl")
+    start = contacts["campaign_id"].map({"c1": 0, "c2": 20, "c3": 40})  # campaigns in partly different weeks
+    contacts["contact_date"] = pd.Timestamp("2025-09-01") + pd.to_timedelta(start + rng.integers(0, 30, n), unit="D")
+    plan_t = {c: int(rng.integers(500, 1500)) for c in ("c1", "c2", "c3")}
+    plan_c = {c: int(rng.integers(100, 500)) for c in ("c1", "c2", "c3")}
+    kw = {"by": ("campaign_id", "arm"), "control_match": ("campaign_id",)}
+    together = ex.sequential_monitor(contacts, "converted", "2025-11-30", plan_t, plan_c, **kw)
+    apart = pd.concat([ex.sequential_monitor(part, "converted", "2025-11-30", plan_t[c], plan_c[c], **kw)
+                       for c, part in contacts.groupby("campaign_id")], ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart)
+
+
 # ----------------------------------------------------------------------------------------- hand-computed examples
 
 def test_holm_hand_example() -> None:
@@ -342,6 +363,45 @@ def test_balance_table_hand_example() -> None:
     table = ex.balance_table(contacts, ["x", "region"]).set_index("covariate")
     assert table.loc["x", "smd"] == pytest.approx(-1.0) and table.loc["x", "flag"]
     assert table.loc["region=N", "smd"] == pytest.approx(0.0) and not table.loc["region=N", "flag"]
+
+
+def _balance_by_definition(contacts: pd.DataFrame, covariates: list[str], by: list[str]) -> pd.DataFrame:
+    """balance_table's rows by its definition: per sorted cell and covariate, pandas mean and var of each group (one
+    0/1 indicator per level, levels in order of appearance in the cell)."""
+    is_t = (contacts["group"] == "treatment").to_numpy()
+    rows = []
+    for key, pos in contacts.groupby(by, sort=True, dropna=False).indices.items():
+        head = {**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n_treated": int(is_t[pos].sum()),
+                "n_control": int((~is_t[pos]).sum())}
+        for cov in covariates:
+            col = contacts[cov].iloc[pos]
+            if pd.api.types.is_numeric_dtype(col):
+                parts = {cov: col.to_numpy(float)}
+            else:
+                parts = {f"{cov}={v}": (col == v).fillna(False).to_numpy(float) for v in col.dropna().unique()}
+            for name, x in parts.items():
+                xt, xc = pd.Series(x[is_t[pos]]), pd.Series(x[~is_t[pos]])
+                pooled, diff = np.sqrt((xt.var() + xc.var()) / 2), xt.mean() - xc.mean()
+                smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
+                rows.append({**head, "covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(),
+                             "smd": smd, "flag": bool(abs(smd) > 0.1)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_balance_table_matches_definition_on_random_cells(seed: int) -> None:
+    """Fuzzed: the vectorised balance table equals the per-cell pandas definition (missing numbers skipped, missing
+    levels counted as 0, cells with one row or one group, levels in order of appearance) to rounding."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    contacts = pd.DataFrame({
+        "campaign_id": pd.array(rng.choice(["c1", "c2", "c3", "c4"], n, p=[0.5, 0.3, 0.19, 0.01]), dtype="string"),
+        "group": pd.array(rng.choice(["treatment", "control"], n, p=[0.7, 0.3]), dtype="string"),
+        "x": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(size=n)), "k": rng.integers(0, 3, n),
+        "region": pd.array(np.where(rng.random(n) < 0.1, None, rng.choice(["N", "S", "E"], n)), dtype="string")})
+    got = ex.balance_table(contacts, ["x", "k", "region"], by=["campaign_id"], smd_flag=0.1)
+    want = _balance_by_definition(contacts, ["x", "k", "region"], ["campaign_id"])
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=1e-9)
 
 
 def test_feedback_priors_shrinkage_beats_raw_rates() -> None:

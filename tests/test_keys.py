@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cvm.keys import isin_keys, key_positions, per_distinct, repeated_keys, rows_at
+from cvm.keys import isin_keys, key_positions, per_distinct, repeated_keys, rows_at, text_at
 
 
 def test_key_lookups_equal_pandas_on_the_demo_ids(demo_dir: Path) -> None:
@@ -43,3 +43,13 @@ def test_key_positions_of_an_index_and_per_distinct() -> None:
     dates = pd.Series(pd.to_datetime(["2024-01-03", None, "2024-01-03", "2024-02-01"]), index=[5, 6, 7, 8])
     expected = dates.dt.to_period("M").dt.start_time
     pd.testing.assert_series_equal(per_distinct(dates, lambda d: d.dt.to_period("M").dt.start_time), expected)
+
+
+def test_text_at_equals_the_object_array_column() -> None:
+    """Fuzzed codes: text_at gives the column pandas makes of the Python strings, on any index when assigned."""
+    codes = np.random.default_rng(0).integers(0, 3, 500)
+    values = ["control", "treatment", "x"]
+    pd.testing.assert_series_equal(text_at(values, codes), pd.Series(np.array(values, dtype=object)[codes]))
+    frame = pd.DataFrame({"a": np.arange(500)}, index=np.arange(500) * 7)
+    frame["t"] = text_at(values, codes).array
+    assert frame["t"].tolist() == [values[c] for c in codes]

@@ -254,3 +254,16 @@ def test_srm_and_overview_equal_simple_definitions_on_random_contacts() -> None:
         assert got["revenue_control"] == pytest.approx(part.loc[part["group"] == "control", "revenue"].sum())
     assert srm.set_index("campaign_id").loc["K3", "planned_from"] == "campaigns.control_share"
     assert pd.isna(over.loc["K4", "arms"]) and over.loc["K4", "n_treated"] == 0
+
+
+def test_sequential_looks_plan_per_campaign_and_skips_one_sided_campaigns() -> None:
+    """Hand-made: K1 (two arms of 40, control 20, one week) is looked at with its own plan (largest arm 40, control
+    20: information fraction 1 at its only look); K2 has no control and K3 no treated rows, so both are skipped."""
+    k1 = _simple(arms=("a", "b"))
+    k2 = _contacts([(f"X{i}", "K2", "a", "treatment", i < 3, 0.0) for i in range(10)])
+    k3 = _contacts([(f"Y{i}", "K3", "control", "control", i < 3, 0.0) for i in range(10)])
+    setup = mon.prepare(pd.concat([k1, k2, k3], ignore_index=True), as_of="2025-03-31")
+    looks = mon.sequential_looks(setup, "2025-03-31")
+    assert list(looks["campaign_id"]) == ["K1", "K1"] and list(looks["arm"]) == ["a", "b"]
+    assert list(looks["n_treated"]) == [40, 40] and list(looks["n_control"]) == [20, 20]
+    assert looks["info_fraction"].to_numpy() == pytest.approx([1.0, 1.0])

@@ -12,7 +12,7 @@ from cvm.assignment import solve_scalable
 from cvm.control_groups import assign_control
 from cvm.errors import InputError
 from cvm.offers import build_candidates, eligibility_mask, load_offers, offers_table
-from cvm.policy import apply_policy, check_plan, constraints_for, load_policy
+from cvm.policy import _as_bool, apply_policy, check_plan, constraints_for, load_policy
 
 RULES = Path(__file__).resolve().parents[1] / "lib" / "cvm" / "rules"
 AS_OF = pd.Timestamp("2026-06-30")
@@ -228,3 +228,33 @@ def test_zero_violations_on_100k_customers(offers, policy):
     # the same plan without the policy filter does break the rules: the check is not vacuous
     raw = solve_scalable(cand, tight)
     assert len(check_plan(raw.plan, customers, history, tight_policy, AS_OF, offers=offers)) > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_check_plan_capacity_and_consent_by_channel_codes(policy, offers, seed):
+    """Fuzzed: a random plan over several channels (one unknown to the policy) and weeks, tight capacities with tied
+    counts: the capacity rows equal the plain value_counts of the channel text, the consent rows the per-row check."""
+    customers, history, _ = small_world()
+    rng = np.random.default_rng(seed)
+    n = 400
+    plan = pd.DataFrame({"customer_id": pd.array(rng.choice(customers["customer_id"].to_numpy(), n), dtype="str"),
+                         "channel": pd.array(rng.choice(["sms", "email", "post", "fax"], n), dtype="str"),
+                         "contact_date": AS_OF + pd.to_timedelta(rng.integers(1, 30, n), "D"),
+                         "offer_id": "RET-AT-RISK", "cost": 0.0})
+    tight = replace(policy, channel_capacity_per_week={"email": 5, "sms": 5, "fax": 5})
+    found = check_plan(plan, customers, history, tight, AS_OF)
+    week = (((plan["contact_date"] - AS_OF).dt.days) - 1) // 7
+    load = pd.DataFrame({"channel": plan["channel"].astype("string").to_numpy(), "week": week.to_numpy()})
+    load = load.value_counts().rename("n").reset_index()
+    over = load[load["channel"].map(tight.channel_capacity_per_week).notna()
+                & (load["n"] > load["channel"].map(tight.channel_capacity_per_week))]
+    got = found[found["kind"] == "capacity"]
+    assert got["channel"].tolist() == over["channel"].tolist() and len(got) > 0
+    caps = tight.channel_capacity_per_week
+    assert got["detail"].tolist() == [f"{n} contacts in planning week {w} (capacity {caps[c]:g})"
+                                      for c, w, n in zip(over["channel"], over["week"], over["n"], strict=True)]
+    cust = customers.drop_duplicates("customer_id").set_index("customer_id")
+    flags = {ch: pd.Series(_as_bool(cust[col]), index=cust.index) for ch, col in tight.consent.items()
+             if col in cust.columns}
+    no_consent = [not (ch in flags and bool(flags[ch][c])) for c, ch in zip(plan["customer_id"], plan["channel"])]
+    assert (found["kind"] == "consent").sum() == sum(no_consent)

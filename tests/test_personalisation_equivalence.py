@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from cvm import clv, uplift
+from cvm import assignment, clv, uplift
 from cvm import features as feat
 from cvm import offers as off
 from cvm import personalisation as pz
@@ -205,6 +205,8 @@ def test_true_values_equal_true_response_row_by_row(demo_dir: Path, demo_setup: 
         want = uplift.incremental_margin(t["p_treated"], t["p_control"], t["expected_order_value"], r["margin_pct"],
                                          r["discount_pct"], 0.0)[0] - r["cost"]
         assert got[i] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    codes = assignment.solve_exact(rows.assign(value=1.0), assignment.Constraints()).codes
+    pd.testing.assert_series_equal(pz.true_values(rows, truth, codes), got, check_exact=True)  # the oracle's path
 
 
 def test_build_candidates_is_the_product_of_customers_channels_and_discounts():
@@ -222,3 +224,55 @@ def test_build_candidates_is_the_product_of_customers_channels_and_discounts():
     ref["cost"] = ref["channel"].map(offer.cost_per_contact)
     ref["margin_pct"] = 40.0
     pd.testing.assert_frame_equal(got, ref[list(got.columns)])
+
+
+def _reference_discount_table(scored: pd.DataFrame, segment_col: str, customers: pd.DataFrame) -> pd.DataFrame:
+    """The definition: cheapest channel per (customer, offer, discount) by groupby idxmin, the segment by a merge."""
+    first = scored[scored["contact_date"] == scored["contact_date"].min()]
+    cheapest = first.loc[first.groupby(["customer_id", "offer_id", "discount_pct"])["cost"].idxmin()]
+    if segment_col not in cheapest.columns:
+        cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
+    parts = [uplift.segment_discounts(rows, float(rows["margin_pct"].iloc[0]), rows["cost"].to_numpy(),
+                                      segment_col=segment_col).assign(offer_id=offer_id)
+             for offer_id, rows in cheapest.groupby("offer_id")]
+    out = pd.concat(parts, ignore_index=True)
+    return out[["offer_id", segment_col, "discount_pct", "n", "p_control", "p_treated", "uplift", "margin", "best"]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_discount_table_equals_groupby_idxmin_and_merge(seed: int):
+    """Fuzzed: shuffled rows, tied costs, two dates, customers without a segment row, the segment in or out of the
+    scored frame: the code-based table equals the groupby/merge definition."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    ids = pd.array([f"C{i:04d}" for i in rng.integers(0, 400, n)], dtype="str")
+    scored = pd.DataFrame({
+        "customer_id": ids, "offer_id": pd.array(rng.choice(["OB", "OA", "OC"], n), dtype="str"),
+        "discount_pct": rng.choice([0.0, 10.0, 20.0], n), "cost": rng.choice([0.1, 0.5, 0.5, 2.0], n),
+        "margin_pct": 0.4, "p_treated": rng.uniform(0, 1, n), "p_control": rng.uniform(0, 0.5, n),
+        "expected_order_value": rng.lognormal(3, 1, n),
+        "contact_date": AS_OF + pd.to_timedelta(rng.integers(1, 3, n) * 7, "D")})
+    scored["margin_pct"] = scored["offer_id"].map({"OA": 0.4, "OB": 0.3, "OC": 0.5})
+    customers = pd.DataFrame({"customer_id": pd.array([f"C{i:04d}" for i in rng.permutation(380)], dtype="str"),
+                              "rfm_segment": pd.array(rng.choice(["a", "b", "c"], 380), dtype="str")})
+    new = pz.discount_table(scored, "rfm_segment", customers)
+    pd.testing.assert_frame_equal(new, _reference_discount_table(scored, "rfm_segment", customers), check_exact=True)
+    with_seg = scored.merge(customers, on="customer_id", how="left")
+    pd.testing.assert_frame_equal(pz.discount_table(with_seg, "rfm_segment"),
+                                  _reference_discount_table(with_seg, "rfm_segment", customers), check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_write_csv_equals_pandas_to_csv_byte_for_byte(tmp_path: Path, seed: int):
+    """Fuzzed: text with and without characters that need quotes (pandas' fallback), missing text and floats, floats
+    pandas prints in exponent form: the file equals `to_csv(index=False)` byte for byte."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    values = np.array(["a", "C0001", "", "é", "b,c", 'q"x', "line\nbreak", "x\r"], dtype=object)
+    pick = values[: 4 if seed % 2 else len(values)]
+    frame = pd.DataFrame({"t": pd.Series(rng.choice(pick, n), dtype="str"),
+                          "u": pd.Series(rng.choice(["k", None], n), dtype="str"),
+                          "discount": rng.choice([10.0, 0.1, 12.5, np.nan, 1e-05, 1e20, 0.1 + 0.2, -3.0], n)})
+    frame.to_csv(tmp_path / "pandas.csv", index=False)
+    pz._write_csv(frame, tmp_path / "fast.csv")
+    assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()

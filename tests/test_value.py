@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from cvm.errors import InputError
+from cvm.lifecycle import lifecycle_inputs
 from cvm.value import (base_kpis, cohort_retention, ltv_cac, ltv_cac_missing_sentence, pareto, pareto_headline,
-                       plot_cohort_heatmap, plot_pareto)
+                       plot_cohort_heatmap, plot_pareto, purchase_days)
 
 matplotlib.use("Agg")
 AS_OF = "2024-03-15"
@@ -90,6 +91,27 @@ def test_cohort_retention_by_hand() -> None:
     assert "buy again in the month after" in plot_cohort_heatmap(r.reset_index()).axes[0].get_title()
     with pytest.raises(InputError, match="period"):
         cohort_retention(_tx(), AS_OF, period="Y")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shared_purchase_days_give_the_same_tables(seed: int) -> None:
+    """Cohorts and lifecycle inputs read from `purchase_days` equal those grouped from the transactions."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    tx = pd.DataFrame({"customer_id": pd.array([f"C{i}" for i in rng.integers(0, 300, n)], dtype="string"),
+                       "order_id": [f"O{i}" for i in rng.integers(0, 1500, n)],
+                       "order_date": pd.Timestamp("2022-01-01") + pd.to_timedelta(rng.integers(0, 900, n), unit="D"),
+                       "amount": np.round(rng.normal(30, 40, n), 2)})
+    tx.loc[rng.random(n) < 0.02, "customer_id"] = None
+    con = duckdb.connect()
+    con.register("transactions", tx)
+    as_of = "2024-03-31"
+    days = purchase_days(con, as_of)
+    for period in ("W", "M", "Q"):
+        pd.testing.assert_frame_equal(cohort_retention(con, as_of, period=period, days=days),
+                                      cohort_retention(con, as_of, period=period))
+    shared = lifecycle_inputs(con, as_of, days=days).sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(shared, lifecycle_inputs(con, as_of).sort_values("customer_id", ignore_index=True))
 
 
 def test_cohort_heatmap_without_complete_periods() -> None:

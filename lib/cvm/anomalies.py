@@ -43,7 +43,7 @@ SQL = """
         FROM orders GROUP BY customer_id, d)
     SELECT customer_id, SUM(n) AS purchase_orders, MAX(max_net) AS max_order_value,
            SUM(units) / NULLIF(SUM(n_units), 0) AS mean_order_units, MAX(n) AS max_day_orders
-    FROM per_day GROUP BY customer_id ORDER BY customer_id"""
+    FROM per_day GROUP BY customer_id"""
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class Check:
 
 def anomaly_inputs(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str | date,
                    table: str = "transactions") -> pd.DataFrame:
-    """Per customer with a purchase order: purchase_orders, max_order_value, mean_order_units (NaN without a
-    quantity column), max_day_orders (purchase orders on the busiest day) and day_order_share = max_day_orders /
-    purchase_orders. Merge it into the features before `flag_anomalies`."""
+    """Per customer with a purchase order (rows in no particular order): purchase_orders, max_order_value,
+    mean_order_units (NaN without a quantity column), max_day_orders (purchase orders on the busiest day) and
+    day_order_share = max_day_orders / purchase_orders. Merge it into the features before `flag_anomalies`."""
     end = _to_date(as_of, "as_of")
     con = _connection(con, table)
     cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
@@ -190,7 +190,8 @@ def flag_anomalies(features: pd.DataFrame, customers: pd.DataFrame | None = None
     if customers is not None:
         if id_col not in customers:
             raise InputError(f"flag_anomalies: customers lack '{id_col}'.")
-        extra = [c for c in customers.columns if c not in frame.columns]
+        used = {c for check in rules for c in (check.params["columns"] if check.kind == "pattern" else check.columns)}
+        extra = [c for c in customers.columns if c not in frame.columns and c in used]  # only what the checks read
         frame = pd.concat([frame, rows_at(customers[extra], key_positions(frame[id_col], customers[id_col]))], axis=1)
     out = pd.DataFrame({id_col: frame[id_col]})
     fired = np.zeros(len(frame), dtype=np.int64)  # bit j: the j-th check that ran flags the customer

@@ -44,10 +44,33 @@ class Constraints:
     budget: float | None = None
 
 
+@dataclass(frozen=True)
+class Codes:
+    """The candidate frame's customer, offer, channel and contact date as integer codes (order of first appearance,
+    as pd.factorize gives them) with their distinct values. A solve builds them; another solve on the same candidate
+    rows (other values or costs, e.g. the oracle's) can take them instead of factorizing 4 columns again."""
+
+    customer: np.ndarray
+    customers: pd.Index
+    offer: np.ndarray
+    offers: pd.Index
+    channel: np.ndarray
+    channels: pd.Index
+    date: np.ndarray
+    dates: pd.Index
+
+
+def _codes(candidates: pd.DataFrame, customer_col: str, date_col: str) -> Codes:
+    """`Codes` of a validated candidate frame (int32 codes: half the memory of pd.factorize's)."""
+    parts = [pd.factorize(candidates[c]) for c in (customer_col, "offer_id", "channel", date_col)]
+    (cust, customers), (offer, offers), (chan, chans), (date, dates) = ((c.astype(np.int32), u) for c, u in parts)
+    return Codes(cust, pd.Index(customers), offer, pd.Index(offers), chan, pd.Index(chans), date, pd.Index(dates))
+
+
 @dataclass
 class Assignment:
     """A solved plan: the chosen candidate rows, objective, upper bound, relative gap and one row per coupling
-    constraint (kind, capacity, used, dual = value of one more unit, binding)."""
+    constraint (kind, capacity, used, dual = value of one more unit, binding); `codes` of the candidate rows."""
 
     plan: pd.DataFrame
     objective: float
@@ -56,6 +79,7 @@ class Assignment:
     constraints: pd.DataFrame
     solver: str
     seconds: float
+    codes: Codes | None = None
 
     @property
     def duals(self) -> pd.Series:
@@ -153,14 +177,13 @@ def _customer_caps(constraints: Constraints, customers: pd.Index) -> np.ndarray:
     return caps_c.astype(np.int64)
 
 
-def _build(candidates: pd.DataFrame, constraints: Constraints, customer_col: str, date_col: str) -> _Problem:
-    _validate(candidates, customer_col, date_col)
+def _build(candidates: pd.DataFrame, constraints: Constraints, codes: Codes) -> _Problem:
     value_all = candidates["value"].to_numpy(dtype=float)
     cost_all = candidates["cost"].to_numpy(dtype=float)
-    offer_codes, offers = pd.factorize(candidates["offer_id"])
-    chan_codes, chans = pd.factorize(candidates["channel"])
-    date_codes, dates = pd.factorize(candidates[date_col])
-    cust_codes, customers = pd.factorize(candidates[customer_col])
+    offer_codes, offers = codes.offer, codes.offers
+    chan_codes, chans = codes.channel, codes.channels
+    date_codes, dates = codes.date, codes.dates
+    cust_codes, customers = codes.customer, codes.customers
 
     # coupling resources: offers with a capacity, channels with a capacity (one per contact date), the budget
     names, kinds, caps = [], [], []
@@ -410,8 +433,20 @@ def _lp(p: _Problem, picked: np.ndarray, scale: float, integer: bool) -> tuple[n
     return rows[x > 0.5], float(-res.fun), np.maximum(duals, 0.0)
 
 
+def _problem(candidates: pd.DataFrame, constraints: Constraints, customer_col: str, date_col: str,
+             codes: Codes | None) -> tuple[_Problem, Codes]:
+    """The validated candidates' `_Problem`, with the given `codes` (checked to be as long) or fresh ones."""
+    _validate(candidates, customer_col, date_col)
+    if codes is None:
+        codes = _codes(candidates, customer_col, date_col)
+    elif len(codes.customer) != len(candidates):
+        raise InputError(f"codes: {len(codes.customer)} rows for {len(candidates)} candidates; pass the codes of a "
+                         "solve on the same candidate rows, or none.")
+    return _build(candidates, constraints, codes), codes
+
+
 def _result(p: _Problem, candidates: pd.DataFrame, f: np.ndarray, bound: float, lam: np.ndarray, solver: str,
-            t0: float) -> Assignment:
+            t0: float, codes: Codes) -> Assignment:
     plan = candidates.iloc[np.sort(p.rows[f])].reset_index(drop=True)
     objective = float(plan["value"].sum())
     used = _usage(p, f)
@@ -422,37 +457,39 @@ def _result(p: _Problem, candidates: pd.DataFrame, f: np.ndarray, bound: float, 
                           "binding": p.capacity - used < step - 1e-9}, index=pd.Index(p.names, name="constraint"))
     gap = (bound - objective) / bound if bound > 0 else 0.0
     return Assignment(plan=plan, objective=objective, bound=float(bound), gap=float(max(gap, 0.0)),
-                      constraints=table, solver=solver, seconds=time.perf_counter() - t0)
+                      constraints=table, solver=solver, seconds=time.perf_counter() - t0, codes=codes)
 
 
 def solve_exact(candidates: pd.DataFrame, constraints: Constraints, customer_col: str = "customer_id",
-                date_col: str = "contact_date") -> Assignment:
+                date_col: str = "contact_date", codes: Codes | None = None) -> Assignment:
     """Optimal plan by mixed-integer programming (HiGHS); bound and duals come from the LP relaxation.
 
-    For small problems (up to some ten thousand candidate rows); use `solve_scalable` beyond.
+    For small problems (up to some ten thousand candidate rows); use `solve_scalable` beyond. `codes`: those of an
+    earlier solve on the same candidate rows (`Assignment.codes`), or None to factorize.
     """
     t0 = time.perf_counter()
-    p = _build(candidates, constraints, customer_col, date_col)
+    p, codes = _problem(candidates, constraints, customer_col, date_col, codes)
     everyone = np.ones(p.n_customers, bool)
     f, _, _ = _lp(p, everyone, 1.0, integer=True)
     _, bound, duals = _lp(p, everyone, 1.0, integer=False)
-    return _result(p, candidates, f, bound, duals, "milp-highs", t0)
+    return _result(p, candidates, f, bound, duals, "milp-highs", t0, codes)
 
 
 def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_col: str = "customer_id",
                    date_col: str = "contact_date", sample_customers: int = 5_000, iterations: int = 40,
-                   tol: float = 0.002, seed: int = 0) -> Assignment:
+                   tol: float = 0.002, seed: int = 0, codes: Codes | None = None) -> Assignment:
     """Near-optimal plan for millions of customers by Lagrangian relaxation of the capacity and budget constraints.
 
     Multipliers start from the LP duals on `sample_customers` random customers (capacities scaled down, `seed`) and are
     refined on everyone by projected subgradient steps (Polyak step size) until the gap is below `tol` or after
-    `iterations` steps. `bound` is the Lagrangian dual value: an upper bound on the LP, hence on any plan.
+    `iterations` steps. `bound` is the Lagrangian dual value: an upper bound on the LP, hence on any plan. `codes` as
+    for `solve_exact`.
     """
     t0 = time.perf_counter()
-    p = _build(candidates, constraints, customer_col, date_col)
+    p, codes = _problem(candidates, constraints, customer_col, date_col, codes)
     if p.m == 0:
         f, bound = _relaxed(p, np.zeros(0))
-        return _result(p, candidates, f, bound, np.zeros(0), "greedy", t0)
+        return _result(p, candidates, f, bound, np.zeros(0), "greedy", t0, codes)
     rng = np.random.default_rng(seed)
     if p.n_customers <= sample_customers:
         picked, scale = np.ones(p.n_customers, bool), 1.0
@@ -486,4 +523,4 @@ def solve_scalable(candidates: pd.DataFrame, constraints: Constraints, customer_
         cand_f, val = _primal(p, relaxed_at_best)
         if val > best_val:
             best_f, best_val = cand_f, val
-    return _result(p, candidates, best_f, bound, best_lam, "lagrangian", t0)
+    return _result(p, candidates, best_f, bound, best_lam, "lagrangian", t0, codes)

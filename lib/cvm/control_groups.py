@@ -15,7 +15,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from cvm.errors import InputError
-from cvm.keys import per_distinct
+from cvm.keys import per_distinct, repeated_keys, text_at
 from cvm.policy import ContactPolicy, ControlRule
 
 
@@ -134,14 +134,16 @@ def assign_control(plan: pd.DataFrame, strata: Sequence[str], control_share: flo
     rank = np.empty(len(units), dtype=np.int64)
     rank[order] = np.arange(len(units)) - first[cell[order]]
     out = plan.copy()
-    out[group_col] = np.where(rank < quota[cell], "control", "treatment").astype(object)[unit_of_row]
+    out[group_col] = text_at(["treatment", "control"], (rank < quota[cell]).astype(np.int8)[unit_of_row]).array
     return out
 
 
 def global_holdout(customers: pd.DataFrame, share: float, strata: Sequence[str], seed: int,
                    customer_col: str = "customer_id", group_col: str = "group") -> pd.DataFrame:
     """A stratified random share of all customers never contacted by any campaign (group = 'control')."""
-    frame = customers.drop_duplicates(customer_col).assign(_all="all")
+    if repeated_keys(customers[customer_col]):   # else drop_duplicates would hash the ids to drop nothing
+        customers = customers.drop_duplicates(customer_col)
+    frame = customers.assign(_all="all")
     out = assign_control(frame, strata, control_share=share, by="_all", seed=seed, customer_col=customer_col,
                          group_col=group_col)
     return out.drop(columns="_all")
@@ -190,17 +192,27 @@ def arm_labels(plan: pd.DataFrame) -> pd.Series:
             + plan["channel"].astype(str))
 
 
+#: The text dtype pandas infers for Python strings (Arrow storage, NaN for missing).
+_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
 def to_contacts(plan: pd.DataFrame, customer_col: str = "customer_id", date_col: str = "contact_date",
                 group_col: str = "group") -> pd.DataFrame:
     """Contacts-table rows (see cvm.contract.CONTACTS) for the plan, control rows included (`campaign_ids`,
     `arm_labels`)."""
     dates = pd.to_datetime(plan[date_col])
     return pd.DataFrame({
-        "customer_id": plan[customer_col].to_numpy(),
-        "campaign_id": campaign_ids(plan, date_col).to_numpy(),
-        "arm": arm_labels(plan).to_numpy(),
-        "group": plan[group_col].to_numpy(),
-        "channel": plan["channel"].to_numpy(),
+        "customer_id": _values(plan[customer_col]),
+        "campaign_id": _values(campaign_ids(plan, date_col)),
+        "arm": _values(arm_labels(plan)),
+        "group": _values(plan[group_col]),
+        "channel": _values(plan["channel"]),
         "contact_date": dates.to_numpy(),
         "discount_pct": plan["discount_pct"].to_numpy(dtype=float),
     })
+
+
+def _values(column: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """The column's values for a new frame: Arrow text stays Arrow text (to_numpy would make a Python string per row,
+    which the frame turns back into Arrow text); anything else as a NumPy array."""
+    return column.array if column.dtype == _TEXT else column.to_numpy()

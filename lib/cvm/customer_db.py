@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
@@ -347,9 +348,10 @@ def write_table(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame, 
     for col in clean.columns:
         if clean[col].dtype == object:
             clean[col] = clean[col].astype("string")
-    con.register("_output_frame", clean)
+    table = pa.Table.from_pandas(clean, preserve_index=False)  # converted once for both writes (what to_parquet does)
+    con.register("_output_frame", table)
     con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _output_frame")
     con.unregister("_output_frame")
     path = Path(out_dir) / f"{file or name}.parquet"
-    clean.to_parquet(path, index=False)
+    pq.write_table(table, path)
     return path

@@ -375,9 +375,11 @@ def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str 
     pre = _numeric(contacts, pre_period) if pre_period is not None and values else None
 
     cells = cells.assign(_t=is_t)  # grouping the whole frame with the group flag as a key: no copies of rows
-    t_groups = {k[:-1]: v for k, v in cells.groupby(by + ["_t"], sort=True, dropna=False).indices.items() if k[-1]}
-    c_groups = {k[:-1]: v for k, v in cells.groupby(keys + ["_t"], sort=False, dropna=False).indices.items()
-                if not k[-1]}
+    groups = cells.groupby(by + ["_t"], sort=True, dropna=False).indices
+    t_groups = {k[:-1]: v for k, v in groups.items() if k[-1]}
+    if keys != by:  # controls matched on fewer columns (e.g. a campaign's arms share its control group)
+        groups = cells.groupby(keys + ["_t"], sort=False, dropna=False).indices
+    c_groups = {k[:-1]: v for k, v in groups.items() if not k[-1]}
     rng = np.random.default_rng(seed)
     rows = []
     for key, ti in t_groups.items():
@@ -569,33 +571,66 @@ def balance_table(contacts: pd.DataFrame, covariates: Sequence[str], group_col: 
     groups = _groups(contacts, group_col, treatment, control)
     limit = load_rules()["smd_flag_above"] if smd_flag is None else smd_flag
     is_t = (groups == treatment).to_numpy(dtype=bool)
-    values = {}  # covariate -> (numbers, None) or (level codes, level names); computed once for all cells
-    for cov in covariates:
-        col = contacts[cov]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            values[cov] = (col.to_numpy(dtype=float, na_value=np.nan), None)
-        else:
-            values[cov] = pd.factorize(col.astype("string"))
     cells = (contacts.groupby(list(by), sort=True, dropna=False).indices if by
              else {(): np.arange(len(contacts))})
-    rows = []
-    for key, pos in cells.items():
-        head = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        t = is_t[pos]
-        head.update(n_treated=int(t.sum()), n_control=int((~t).sum()))
-        for cov, (x, levels) in values.items():
-            sub = x[pos]
-            parts = ({cov: sub} if levels is None else
-                     {f"{cov}={levels[i]}": (sub == i).astype(float) for i in pd.unique(sub[sub >= 0])})
-            for name, part in parts.items():
-                xt, xc = pd.Series(part[t]), pd.Series(part[~t])
-                pooled = np.sqrt((xt.var() + xc.var()) / 2)
-                diff = xt.mean() - xc.mean()
-                smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
-                rows.append({**head, "covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(),
-                             "smd": smd, "flag": bool(abs(smd) > limit)})
+    cell = np.empty(len(contacts), dtype=np.intp)
+    for i, pos in enumerate(cells.values()):
+        cell[pos] = i
+    n_cells = len(cells)
+    slot = 2 * cell + is_t  # (cell, group) of each row: 2 * cell for control, + 1 for treated
+    sizes = np.bincount(slot, minlength=2 * n_cells).reshape(n_cells, 2)
+    parts = []  # per covariate: cell, order within the cell, name, mean and variance per group (control, treated)
+    for k, cov in enumerate(covariates):
+        col = contacts[cov]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            x = col.to_numpy(dtype=float, na_value=np.nan)
+            ok = ~np.isnan(x)  # missing values are skipped, as pandas' mean and var do
+            mean, var = _slot_moments(slot[ok], x[ok], 2 * n_cells)
+            parts.append(pd.DataFrame({"_cell": np.arange(n_cells), "_k": k, "_first": 0, "covariate": cov,
+                                       "_mt": mean[1::2], "_mc": mean[::2], "_vt": var[1::2], "_vc": var[::2]}))
+            continue
+        codes, levels = pd.factorize(col.astype("string"))
+        ok = codes >= 0
+        pair = cell[ok] * len(levels) + codes[ok]  # (cell, level) pairs present, each with its first row
+        first = np.full(n_cells * len(levels), len(contacts))
+        np.minimum.at(first, pair, np.flatnonzero(ok))
+        present = np.flatnonzero(first < len(contacts))
+        in_cell, level = np.divmod(present, len(levels))
+        counts = np.bincount((2 * cell[ok] + is_t[ok]) * len(levels) + codes[ok],
+                             minlength=2 * n_cells * len(levels)).reshape(n_cells, 2, len(levels))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = counts[in_cell, :, level] / sizes[in_cell]  # the level's share of each group (missing rows: 0)
+            var = share * (1 - share) * sizes[in_cell] / (sizes[in_cell] - 1)  # variance of the 0/1 indicator
+        share = np.where(sizes[in_cell] > 0, share, np.nan)
+        var = np.where(sizes[in_cell] > 1, var, np.nan)
+        parts.append(pd.DataFrame({"_cell": in_cell, "_k": k, "_first": first[present],
+                                   "covariate": [f"{cov}={levels[i]}" for i in level],
+                                   "_mt": share[:, 1], "_mc": share[:, 0], "_vt": var[:, 1], "_vc": var[:, 0]}))
     cell_columns = [*by, "n_treated", "n_control"] if by else []
-    return pd.DataFrame(rows, columns=[*cell_columns, "covariate", "mean_treated", "mean_control", "smd", "flag"])
+    columns = [*cell_columns, "covariate", "mean_treated", "mean_control", "smd", "flag"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    rows = pd.concat(parts, ignore_index=True).sort_values(["_cell", "_k", "_first"], kind="stable")
+    diff = rows["_mt"].to_numpy() - rows["_mc"].to_numpy()
+    pooled = np.sqrt((rows["_vt"].to_numpy() + rows["_vc"].to_numpy()) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        smd = np.where(pooled > 0, diff / pooled, np.where(diff == 0, 0.0, np.inf))
+    at = rows["_cell"].to_numpy()
+    keys = [key if isinstance(key, tuple) else (key,) for key in cells]
+    out = pd.DataFrame({**{b: [keys[i][j] for i in at] for j, b in enumerate(by)},
+                        **({"n_treated": sizes[at, 1], "n_control": sizes[at, 0]} if by else {}),
+                        "covariate": rows["covariate"].to_numpy(), "mean_treated": rows["_mt"].to_numpy(),
+                        "mean_control": rows["_mc"].to_numpy(), "smd": smd, "flag": np.abs(smd) > limit})
+    return out[columns]
+
+
+def _slot_moments(slot: np.ndarray, x: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample variance (ddof 1) of `x` per slot (NaN for fewer than 1 and 2 values), two-pass."""
+    n = np.bincount(slot, minlength=n_slots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.bincount(slot, x, minlength=n_slots) / n
+        var = np.bincount(slot, (x - mean[slot]) ** 2, minlength=n_slots) / (n - 1)
+    return mean, np.where(n > 1, var, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------------------- power
@@ -711,8 +746,9 @@ def period_bound(dates: pd.Series, freq: str = "W-SUN", edge: Literal["start", "
     return per_distinct(dates, lambda d: d.dt.to_period(freq).dt.end_time.dt.normalize())
 
 
-def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date | str, planned_n_treated: int,
-                       planned_n_control: int, *, by: Sequence[str] = ("campaign_id", "arm"),
+def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date | str,
+                       planned_n_treated: int | Mapping[Any, int], planned_n_control: int | Mapping[Any, int], *,
+                       by: Sequence[str] = ("campaign_id", "arm"),
                        date_col: str = "contact_date", freq: str = "W-SUN", alpha: float = 0.05,
                        group_col: str = "group", arm_col: str = "arm", control_match: Sequence[str] | None = None,
                        treatment: str = "treatment", control: str = "control") -> pd.DataFrame:
@@ -722,6 +758,9 @@ def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date 
     two-proportion z statistic and the information fraction (1/n_t + 1/n_c at plan over the same now) are compared
     with `sequential_bounds` for the looks so far. `decision` is "efficacy" or "harm" at the first crossing, else
     "continue". Outcomes are the ones recorded at as_of for each contact cohort.
+
+    The looks of a cell are the weeks with contacts in its control-match group (e.g. its campaign). The planned sizes
+    are numbers, or mappings from the control-match key (a tuple for several columns) to the group's plan.
     """
     _need_columns(contacts, [date_col])
     dates = pd.to_datetime(contacts[date_col], errors="coerce")
@@ -737,16 +776,20 @@ def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date 
     by = list(by)
     tb = treated.assign(_b=_binary(treated, outcome_binary)).groupby(by + ["_week"])["_b"].agg(["size", "sum"])
     cb = controls.assign(_b=_binary(controls, outcome_binary)).groupby(keys + ["_week"])["_b"].agg(["size", "sum"])
-    weeks = np.sort(data["_week"].unique())
-    empty = pd.DataFrame(0, index=weeks, columns=["size", "sum"])
-    c_cum = {k if isinstance(k, tuple) else (k,): part.droplevel(list(range(len(keys)))).reindex(weeks, fill_value=0)
-             .cumsum() for k, part in cb.groupby(level=list(range(len(keys))))}
-    info_max = 1 / (1 / planned_n_treated + 1 / planned_n_control)
+    if keys == ["_all"]:
+        group_weeks = {(0,): np.sort(data["_week"].unique())}
+    else:
+        group_weeks = {k if isinstance(k, tuple) else (k,): np.sort(w.unique())
+                       for k, w in data.groupby(keys, sort=False, dropna=False)["_week"]}
+    c_cum = {k if isinstance(k, tuple) else (k,): part for k, part in cb.groupby(level=list(range(len(keys))))}
     frames = []
     for key, part in tb.groupby(level=list(range(len(by)))):
         cells = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        ckey = tuple(cells.get(k, 0) for k in keys)
+        weeks = group_weeks[ckey]
         t_cum = part.droplevel(list(range(len(by)))).reindex(weeks, fill_value=0).cumsum()
-        ctrl = c_cum.get(tuple(cells.get(k, 0) for k in keys), empty)
+        ctrl = (c_cum[ckey].droplevel(list(range(len(keys)))).reindex(weeks, fill_value=0).cumsum() if ckey in c_cum
+                else pd.DataFrame(0, index=weeks, columns=["size", "sum"]))
         ok = ((t_cum["size"] > 0) & (ctrl["size"] > 0)).to_numpy()
         if not ok.any():
             continue
@@ -754,29 +797,35 @@ def sequential_monitor(contacts: pd.DataFrame, outcome_binary: str, as_of: date 
                               "n_control": ctrl["size"].to_numpy()[ok],
                               "conversions_treated": t_cum["sum"].to_numpy()[ok],
                               "conversions_control": ctrl["sum"].to_numpy()[ok]})
+        info_max = 1 / (1 / _planned(planned_n_treated, ckey) + 1 / _planned(planned_n_control, ckey))
         frames.append(_look(frame, info_max, alpha))
     if not frames:
         raise InputError(f"contacts: no week up to {as_of} has both treated and control contacts.")
     return pd.concat(frames, ignore_index=True)
 
 
+def _planned(size: int | Mapping[Any, int], key: tuple[Any, ...]) -> float:
+    """The planned size of a control-match group: the number, or its entry in the mapping (keyed by the value itself
+    when there is one key column)."""
+    return float(size[key[0] if len(key) == 1 else key] if isinstance(size, Mapping) else size)
+
+
 def _look(frame: pd.DataFrame, info_max: float, alpha: float) -> pd.DataFrame:
-    nt, nc = frame["n_treated"].astype(float), frame["n_control"].astype(float)
-    pt, pc = frame["conversions_treated"] / nt, frame["conversions_control"] / nc
-    pool = (frame["conversions_treated"] + frame["conversions_control"]) / (nt + nc)
+    nt, nc = frame["n_treated"].to_numpy(float), frame["n_control"].to_numpy(float)
+    xt, xc = frame["conversions_treated"].to_numpy(float), frame["conversions_control"].to_numpy(float)
+    pt, pc = xt / nt, xc / nc
+    pool = (xt + xc) / (nt + nc)
     se = np.sqrt(pool * (1 - pool) * (1 / nt + 1 / nc))
-    frame["conversion_rate_treated"], frame["conversion_rate_control"] = pt, pc
-    frame["conversion_lift_abs"] = pt - pc
-    frame["z"] = ((pt - pc) / se).where(se > 0, 0.0)
-    frac = np.minimum(np.maximum.accumulate((1 / (1 / nt + 1 / nc) / info_max).to_numpy()), 1.0)
-    frame["info_fraction"] = frac
-    frame["z_bound"] = sequential_bounds(frac, alpha)["z_bound"].to_numpy()
-    crossed = (frame["z"].abs() >= frame["z_bound"]).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, (pt - pc) / se, 0.0)
+    frac = np.minimum(np.maximum.accumulate(1 / (1 / nt + 1 / nc) / info_max), 1.0)
+    bound = sequential_bounds(frac, alpha)["z_bound"].to_numpy()
+    crossed = np.abs(z) >= bound
     first = np.argmax(crossed) if crossed.any() else len(frame)
     decision = np.full(len(frame), "continue", dtype=object)
-    decision[first:] = np.where(frame["z"].iloc[first] > 0, "efficacy", "harm") if crossed.any() else "continue"
-    frame["decision"] = decision
-    return frame
+    decision[first:] = np.where(z[first] > 0, "efficacy", "harm") if crossed.any() else "continue"
+    return frame.assign(conversion_rate_treated=pt, conversion_rate_control=pc, conversion_lift_abs=pt - pc, z=z,
+                        info_fraction=frac, z_bound=bound, decision=decision)
 
 
 # ------------------------------------------------------------------------------------------------ recommendations

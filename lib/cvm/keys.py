@@ -66,6 +66,12 @@ def rows_at(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
     return frame.take(positions).reset_index(drop=True)
 
 
+def text_at(values: Sequence[str], codes: np.ndarray) -> pd.Series:
+    """values[codes] as a text column (an Arrow `take` of the few distinct values, not one Python string per row)."""
+    return pd.Series(pa.array(list(values), pa.large_string()).take(pa.array(codes)),
+                     dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+
+
 def per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """`transform` of each value, worked out once per distinct value (contacts repeat a few dates, groups and
     campaigns over millions of rows); missing values stay missing."""

@@ -20,7 +20,7 @@ import pandas as pd
 from cvm.config import named_item, read_yaml
 from cvm.engine import fetch
 from cvm.errors import InputError
-from cvm.value import _connection, _lines, _to_date
+from cvm.value import _connection, _lines, _to_date, days_sql
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "lifecycle.yaml"
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
@@ -29,11 +29,8 @@ RELATIVE_KEYS = {"ref", "times", "min", "max", "default"}
 STAGE_KEYS = {"name", "description", "colour", "when"}
 
 SQL = """
-    WITH lines AS ({lines}),
-    custs AS (SELECT DISTINCT customer_id FROM lines),
-    days AS (
-        SELECT customer_id, d FROM lines GROUP BY customer_id, d
-        HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
+    WITH custs AS (SELECT DISTINCT customer_id FROM ({lines})),
+    days AS ({days}),
     gaps AS (
         SELECT customer_id, d, date_diff('day', LAG(d) OVER w, d) AS gap, LEAD(d) OVER w IS NULL AS is_last
         FROM days WINDOW w AS (PARTITION BY customer_id ORDER BY d)),
@@ -45,8 +42,7 @@ SQL = """
                MEDIAN(CASE WHEN NOT is_last THEN gap END) AS prior_typical_gap_days
         FROM gaps GROUP BY customer_id)
     SELECT c.customer_id, a.* EXCLUDE (customer_id)
-    FROM custs c LEFT JOIN agg a ON c.customer_id = a.customer_id
-    ORDER BY c.customer_id"""
+    FROM custs c LEFT JOIN agg a ON c.customer_id = a.customer_id"""
 
 
 @dataclass(frozen=True)
@@ -96,16 +92,17 @@ class LifecycleRules:
 
 
 def lifecycle_inputs(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str | date,
-                     table: str = "transactions") -> pd.DataFrame:
+                     table: str = "transactions", days: str | None = None) -> pd.DataFrame:
     """Per customer: first/last purchase, n_purchase_days, tenure_days, recency_days and gap columns (days).
 
     Gaps are between consecutive purchase days (net >= 0 with a non-return line) up to as_of: last_gap_days,
     max_gap_days, typical_gap_days (median gap) and prior_typical_gap_days (median gap before the last one).
-    Customers with only returns keep a row with missing values.
+    Customers with only returns keep a row with missing values. Rows are in no particular order. `days` names the
+    table of `cvm.value.purchase_days(con, as_of)` to read instead of grouping the transactions again.
     """
     end = _to_date(as_of, "as_of")
     con = _connection(con, table)
-    df = fetch(con.sql(SQL.format(lines=_lines(table, end))))
+    df = fetch(con.sql(SQL.format(lines=_lines(table, end), days=days_sql(table, end, days))))
     if df.empty:
         raise InputError(f"table '{table}': no rows on or before {end}; check as_of.")
     for col in ("first_purchase", "last_purchase"):

@@ -30,7 +30,7 @@ from cvm import experiments as ex
 from cvm.config import RunConfig
 from cvm.engine import fetch
 from cvm.errors import InputError
-from cvm.keys import key_positions, per_distinct, rows_at
+from cvm.keys import isin_keys, key_positions, per_distinct, rows_at
 
 RULES_PATH = Path(__file__).parent / "rules" / "monitoring.yaml"
 FUNNEL = ("delivered", "opened", "clicked")
@@ -159,7 +159,8 @@ class _CustomerTables:
         found = self.con.execute(f"""
             SELECT k._row, COUNT(*) AS orders, COALESCE(SUM(t.amount), 0) AS spend
             FROM {self.KEYS} k
-            JOIN (SELECT CAST(customer_id AS VARCHAR) AS customer_id, order_date, amount FROM {self.names["transactions"]}
+            JOIN (SELECT CAST(customer_id AS VARCHAR) AS customer_id, order_date, amount
+                  FROM {self.names["transactions"]}
                   WHERE NOT {is_return} AND order_date >= ? AND order_date < ?) t
               ON t.customer_id = k.customer_id
              AND t.order_date >= k.d + to_days({int(start_days)}) AND t.order_date < k.d + to_days({int(end_days)})
@@ -194,7 +195,8 @@ def _check_attribution(contacts: pd.DataFrame, date_col: str) -> None:
     missing = [c for c in ("customer_id", date_col) if c not in contacts.columns]
     if missing or contacts["customer_id"].isna().all():
         raise InputError(f"contacts: outcomes must be attributed from transactions but column(s) "
-                         f"{missing or ['customer_id']} are missing or empty ({len(contacts):,} rows). Supply the outcome columns or the ids.")
+                         f"{missing or ['customer_id']} are missing or empty ({len(contacts):,} rows). Supply the "
+                         "outcome columns or the ids.")
     if contacts[date_col].isna().any():
         raise InputError(f"contacts: {int(contacts[date_col].isna().sum()):,} rows have no {date_col}; attribution "
                          "needs the contact date (or the campaign start_date).")
@@ -624,17 +626,17 @@ def sequential_looks(setup: Setup, as_of: date | str, alpha: float = 0.05) -> pd
     (`experiments.sequential_monitor`); the planned size is the campaign's size at as_of (no separate plan)."""
     if "contact_date" not in setup.contacts.columns:
         return pd.DataFrame()
-    columns = ["campaign_id", "arm", "group", "contact_date", setup.primary]
-    frames = []
-    for _, part in setup.contacts[columns].groupby("campaign_id"):
-        treated = part[part["group"] == "treatment"]
-        n_t = int(treated.groupby("arm").size().max()) if len(treated) else 0
-        n_c = int((part["group"] == "control").sum())
-        if n_t == 0 or n_c == 0:
-            continue
-        frames.append(ex.sequential_monitor(part, setup.primary, as_of, n_t, n_c, by=("campaign_id", "arm"),
-                                            control_match=("campaign_id",), alpha=alpha))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    c = setup.contacts[["campaign_id", "arm", "group", "contact_date", setup.primary]]
+    treated, control = ((c["group"] == g).to_numpy(dtype=bool, na_value=False) for g in ("treatment", "control"))
+    n_t = c[treated].groupby(["campaign_id", "arm"]).size().groupby(level="campaign_id").max()  # largest arm
+    n_c = c[control].groupby("campaign_id").size()
+    both = n_t.index.intersection(n_c.index)  # campaigns with treated and control rows
+    if both.empty:
+        return pd.DataFrame()
+    if len(both) < c["campaign_id"].nunique(dropna=False):
+        c = c[isin_keys(c["campaign_id"], both.to_series())]
+    return ex.sequential_monitor(c, setup.primary, as_of, n_t[both].to_dict(), n_c[both].to_dict(),
+                                 by=("campaign_id", "arm"), control_match=("campaign_id",), alpha=alpha)
 
 
 # ---------------------------------------------------------------------------------------------- dilution, ROI

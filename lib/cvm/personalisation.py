@@ -26,6 +26,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 from matplotlib.figure import Figure
 
 from cvm import assignment, cards, control_groups, customer_db, knowledge, uplift
@@ -34,7 +36,7 @@ from cvm import offers as off
 from cvm import policy as pol
 from cvm.engine import fetch
 from cvm.errors import InputError
-from cvm.keys import isin_keys, key_positions, per_distinct, rows_at
+from cvm.keys import isin_keys, key_positions, per_distinct, rows_at, text_at
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
 #: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)
@@ -641,7 +643,7 @@ def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str) ->
     in_model = np.repeat(modelled, sizes)
     if modelled.any():
         variant = np.repeat(np.arange(len(offers)), sizes)[in_model]
-        offer_cols = {k: _text([o[k] for o in offers], variant) for k in ("type", "channel")}
+        offer_cols = {k: text_at([o[k] for o in offers], variant) for k in ("type", "channel")}
         offer_cols["discount_pct"] = np.array([o["discount_pct"] for o in offers])[variant]
         pred = est.model.predict(who[in_model].reset_index(drop=True).assign(**offer_cols), None,
                                  "expected_order_value")
@@ -654,7 +656,7 @@ def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str) ->
     if baseline == "purchase_model":
         s = _with_baseline(s, who)
     scores = {c: s[c].to_numpy(dtype=float)[stacked] for c in cols}
-    return out.assign(**scores, source=_text(["model", est.prior_label], (~in_model[stacked]).astype(np.int8)))
+    return out.assign(**scores, source=text_at(["model", est.prior_label], (~in_model[stacked]).astype(np.int8)))
 
 
 def _stack_distinct(position: np.ndarray, variants: _Variants, n: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -674,16 +676,23 @@ def _stack_distinct(position: np.ndarray, variants: _Variants, n: int) -> tuple[
     return ids, stacked
 
 
-def _text(values: Sequence[str], codes: np.ndarray) -> pd.Series:
-    """values[codes] as a text column (Arrow `take` of the few distinct values, not one Python string per row)."""
-    return pd.Series(pa.array(list(values), pa.large_string()).take(pa.array(codes)),
-                     dtype=pd.StringDtype("pyarrow", na_value=np.nan))
-
-
 def _first_launch(scored: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     """The candidates of the first launch date, only the columns `cols` (the text columns a comparison does not read,
     campaign_type, channel and source, are not copied)."""
     return scored.loc[(scored["contact_date"] == scored["contact_date"].min()).to_numpy(), cols]
+
+
+def _cheapest(first: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Index]:
+    """Per (customer_id, offer_id, discount_pct), sorted as groupby sorts them, the position of its first row of least
+    cost (`groupby(...)["cost"].idxmin()` on integer codes); the offer code of each and the sorted offer ids."""
+    (cust, _), (offer, offer_ids), (disc, discounts) = (pd.factorize(first[c], sort=True)
+                                                         for c in ("customer_id", "offer_id", "discount_pct"))
+    known = np.flatnonzero((cust >= 0) & (offer >= 0) & (disc >= 0))   # groupby drops missing keys
+    key = (cust[known].astype(np.int64) * len(offer_ids) + offer[known]) * len(discounts) + disc[known]
+    order = np.lexsort((first["cost"].to_numpy(dtype=float)[known], key))   # stable: ties go to the first row
+    key = key[order]
+    at = known[order[np.r_[True, key[1:] != key[:-1]]]] if len(key) else known
+    return at, offer[at], pd.Index(offer_ids)
 
 
 def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
@@ -693,11 +702,16 @@ def discount_table(scored: pd.DataFrame, segment_col: str = "rfm_segment",
     cols = [c for c in ("customer_id", "offer_id", "discount_pct", "cost", "margin_pct", "p_treated", "p_control",
                         "expected_order_value", segment_col) if c in scored.columns]
     first = _first_launch(scored, cols)
-    cheapest = first.loc[first.groupby(["customer_id", "offer_id", "discount_pct"])["cost"].idxmin()]
-    if segment_col not in cheapest.columns and customers is not None:
-        cheapest = cheapest.merge(customers[["customer_id", segment_col]], on="customer_id", how="left")
+    at, offer, offer_ids = _cheapest(first)
+    cheapest = first.take(at)
+    if segment_col not in cheapest.columns and customers is not None:   # a left merge on customer_id
+        segment = rows_at(customers[[segment_col]], key_positions(cheapest["customer_id"], customers["customer_id"]))
+        cheapest = pd.concat([cheapest.reset_index(drop=True), segment], axis=1)
     parts = []
-    for offer_id, rows in cheapest.groupby("offer_id"):
+    by_offer = np.argsort(offer, kind="stable")
+    bounds = np.searchsorted(offer[by_offer], np.arange(len(offer_ids) + 1))
+    for i, offer_id in enumerate(offer_ids):
+        rows = cheapest.take(by_offer[bounds[i]:bounds[i + 1]])
         per_segment = uplift.segment_discounts(rows, float(rows["margin_pct"].iloc[0]), rows["cost"].to_numpy(),
                                                segment_col=segment_col)
         parts.append(per_segment.assign(offer_id=offer_id))
@@ -734,13 +748,14 @@ class Plan:
 
 
 def solve(scored: pd.DataFrame, setup: Setup, cap: pd.Series, max_exact_rows: int = 20_000,
-          seed: int = 0) -> assignment.Assignment:
+          seed: int = 0, codes: assignment.Codes | None = None) -> assignment.Assignment:
     """The best plan under the policy: exact MILP when at most `max_exact_rows` candidates have a positive value,
-    else the scalable Lagrangian solver (its bound and gap say how far from optimal it can be)."""
+    else the scalable Lagrangian solver (its bound and gap say how far from optimal it can be). `codes`: those of an
+    earlier solve on the same rows (`Assignment.codes`), to skip factorizing the keys again."""
     constraints = pol.constraints_for(setup.policy, setup.offers, cap)
     if int((scored["value"] > 0).sum()) <= max_exact_rows:
-        return assignment.solve_exact(scored, constraints)
-    return assignment.solve_scalable(scored, constraints, seed=seed)
+        return assignment.solve_exact(scored, constraints, codes=codes)
+    return assignment.solve_scalable(scored, constraints, seed=seed, codes=codes)
 
 
 def _day_text(dates: pd.Series, fmt: str) -> pd.Series:
@@ -907,10 +922,36 @@ def target_lists(plan: Plan, customers: pd.DataFrame, out_dir: str | Path,
     paths = []
     for channel, part in rows.groupby("channel", sort=True):
         path = folder / f"{channel}.csv"
-        part.drop(columns="channel").sort_values(["contact_date", "campaign_id", "group", "customer_id"]).to_csv(
-            path, index=False)
+        _write_csv(part.drop(columns="channel").sort_values(["contact_date", "campaign_id", "group", "customer_id"]),
+                   path)
         paths.append(path)
     return paths
+
+
+#: Characters that make a CSV field need quotes: pandas quotes only those fields, Arrow's writer all text or none.
+_CSV_QUOTED = r'[,"\r\n]'
+_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """`frame.to_csv(path, index=False)`, byte for byte, by Arrow's writer (ten times faster) when every column is
+    Arrow text or float and no field or name needs quotes (floats are formatted as pandas does, once per distinct
+    value); else by pandas."""
+    text = [c for c in frame.columns if frame[c].dtype == _TEXT]
+    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c].dtype)]
+    names = pa.array([str(c) for c in frame.columns])
+    if (len(text) + len(floats) < frame.shape[1] or frame.shape[1] < 2
+            or pc.any(pc.match_substring_regex(names, _CSV_QUOTED)).as_py()
+            or any(pc.any(pc.match_substring_regex(pa.array(frame[c], from_pandas=True), _CSV_QUOTED)).as_py()
+                   for c in text)):
+        frame.to_csv(path, index=False)
+        return
+    out = frame.assign(**{c: per_distinct(frame[c], lambda d: pd.Series(d.to_numpy().astype(str), dtype=_TEXT))
+                          for c in floats})
+    with open(path, "wb") as f:   # the header as pandas writes it (Arrow would quote the names)
+        f.write((",".join(str(c) for c in frame.columns) + "\n").encode())
+        pcsv.write_csv(pa.Table.from_pandas(out, preserve_index=False), f,
+                       pcsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
 def contacts_rows(plan: Plan) -> pd.DataFrame:
@@ -1011,14 +1052,18 @@ def diffusive_sentence(table: pd.DataFrame) -> str:
             f"customers who would have bought anyway (plan: {t['margin_lost_to_dilution']:,.0f}).")
 
 
-def true_values(scored: pd.DataFrame, truth: Any) -> pd.Series:
+def true_values(scored: pd.DataFrame, truth: Any, codes: assignment.Codes | None = None) -> pd.Series:
     """Demo only: the TRUE expected incremental margin of every scored candidate (same index), from the generator's
     response (`cvm.demo.true_response` with the `cvm.demo.DemoTruth`, state at as_of, true order value), less the
-    contact cost. Customers without truth (test accounts) earn 0 (and pay the contact)."""
+    contact cost. Customers without truth (test accounts) earn 0 (and pay the contact). `codes`: a solve's on these
+    rows, to look up only the distinct customers."""
     from cvm import demo
 
     ct = truth.customer_truth
-    position = key_positions(scored["customer_id"], ct["customer_id"])
+    if codes is None:
+        position = key_positions(scored["customer_id"], ct["customer_id"])
+    else:
+        position = key_positions(pd.Series(codes.customers), ct["customer_id"])[codes.customer]
     gain = np.zeros(len(scored))
     variants = _variants(scored)
     for v, rows in variants.slices():
@@ -1049,11 +1094,13 @@ class OracleCheck:
 def oracle_check(scored: pd.DataFrame, plan: Plan, setup: Setup, cap: pd.Series, truth_dir: str | Path,
                  max_exact_rows: int = 20_000, seed: int = 0) -> OracleCheck:
     """Assign with the TRUE response instead of the estimates (same candidates, policy, solver) and compare the true
-    extra margin of both plans, before control groups (the same random share is held back from both)."""
+    extra margin of both plans, before control groups (the same random share is held back from both). `plan` is
+    `make_plan`'s on this `scored` (the oracle reuses its key codes)."""
     from cvm import demo
 
     truth = demo.load_truth(Path(truth_dir))
-    oracle = solve(scored.assign(value=true_values(scored, truth)), setup, cap, max_exact_rows, seed)
+    codes = plan.assignment.codes
+    oracle = solve(scored.assign(value=true_values(scored, truth, codes)), setup, cap, max_exact_rows, seed, codes)
     rows = []
     for name, chosen, expected, true in (
             ("plan (estimates)", plan.assignment.plan, plan.assignment.objective,

@@ -313,11 +313,13 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
         found.append(_violations("unknown customer", p.loc[code < 0, ids], "customer not in the customers table"))
     known = code >= 0
     day = _days(p[date_col], as_of, "plan", date_col)
-    chan = p["channel"].astype("string").to_numpy()
+    # channel codes in name order (as value_counts groups names), -1 where missing: no text compared per row
+    chan, channels = pd.factorize(p["channel"], sort=True)
+    names = channels.astype("string").to_numpy()
 
     consented = np.zeros(len(p), dtype=bool)
     for channel, column in policy.consent.items():
-        rows = (chan == channel) & known
+        rows = np.isin(chan, np.flatnonzero(names == channel)) & known
         if column in cust.columns:
             consented[rows] = _as_bool(cust[column])[code[rows]]
     found.append(_violations("consent", p.loc[~consented & known, ids], "no consent for this channel"))
@@ -357,7 +359,8 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
                                               for g in keys[idx] - keys[idx - 1]]}))
 
     week = (day - 1) // 7
-    load = pd.DataFrame({"channel": chan, "week": week}).value_counts().rename("n").reset_index()
+    counts = pd.DataFrame({"channel": chan, "week": week})[chan >= 0].value_counts().rename("n").reset_index()
+    load = pd.DataFrame({"channel": names[counts["channel"].to_numpy()], "week": counts["week"], "n": counts["n"]})
     cap = load["channel"].map(policy.channel_capacity_per_week)
     over = load[cap.notna() & (load["n"] > cap)]
     found.append(pd.DataFrame({"kind": "capacity", "channel": over["channel"],

@@ -35,8 +35,9 @@ SQL: dict[str, str] = {
         FROM {table} WHERE CAST(order_date AS DATE) <= DATE '{as_of}' AND customer_id IS NOT NULL""",
     "kpis": """
         WITH lines AS NOT MATERIALIZED ({lines}),
-        totals AS (
-            SELECT COUNT(DISTINCT customer_id) FILTER (WHERE amount >= 0) AS customers_to_date,
+        totals AS (  -- the distinct count in a subquery runs as a parallel grouping (200k customers: 0.75 -> 0.5 s CPU)
+            SELECT (SELECT COUNT(*) FROM (SELECT DISTINCT customer_id FROM lines WHERE amount >= 0))
+                       AS customers_to_date,
                    COALESCE(SUM(amount) FILTER (WHERE d > DATE '{start}'), 0) AS revenue,
                    COALESCE(SUM(amount) FILTER (WHERE d > DATE '{start}' AND amount > 0), 0) AS gross_revenue,
                    COALESCE(-SUM(amount) FILTER (WHERE d > DATE '{start}' AND amount < 0), 0) AS returns
@@ -50,11 +51,11 @@ SQL: dict[str, str] = {
             FROM orders WHERE net >= 0 AND has_buy = 1)
         SELECT customers_to_date, active_customers, orders, order_value, revenue, gross_revenue, returns
         FROM totals, buys""",
+    "days": """
+        SELECT customer_id, d FROM ({lines}) GROUP BY customer_id, d
+        HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1""",
     "cohorts": """
-        WITH lines AS ({lines}),
-        days AS (
-            SELECT customer_id, d FROM lines GROUP BY customer_id, d
-            HAVING SUM(amount) >= 0 AND MAX(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) = 1),
+        WITH days AS ({days}),
         act AS (SELECT DISTINCT customer_id, CAST(date_trunc('{unit}', d) AS DATE) AS p FROM days),
         firsts AS (SELECT customer_id, MIN(p) AS cohort FROM act GROUP BY customer_id),
         sizes AS (SELECT cohort, COUNT(*) AS cohort_size FROM firsts GROUP BY cohort),
@@ -106,6 +107,22 @@ def _connection(source: duckdb.DuckDBPyConnection | pd.DataFrame, table: str) ->
 
 def _lines(table: str, as_of: date) -> str:
     return SQL["lines"].format(table=table, as_of=as_of.isoformat())
+
+
+def days_sql(table: str, as_of: date, days: str | None) -> str:
+    """The purchase days (customer_id, d) up to as_of: read from table `days` (made by `purchase_days` for the same
+    as_of) or grouped from the transactions."""
+    return f"SELECT customer_id, d FROM {days}" if days else SQL["days"].format(lines=_lines(table, as_of))
+
+
+def purchase_days(con: duckdb.DuckDBPyConnection, as_of: str | date, table: str = "transactions",
+                  name: str = "purchase_days") -> str:
+    """Group the transactions into purchase days up to as_of once, as temporary table `name` (returned), for
+    `cohort_retention` and `cvm.lifecycle.lifecycle_inputs` to share (200k customers: 1.8 -> 1.2 s CPU for both)."""
+    end = _to_date(as_of, "as_of")
+    con = _connection(con, table)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {days_sql(table, end, None)}")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------- base KPIs
@@ -208,19 +225,20 @@ def plot_pareto(curve: pd.DataFrame, top: float = 0.2) -> Figure:
 
 
 def cohort_retention(con: duckdb.DuckDBPyConnection | pd.DataFrame, as_of: str | date, table: str = "transactions",
-                     period: Literal["W", "M", "Q"] = "M") -> pd.DataFrame:
+                     period: Literal["W", "M", "Q"] = "M", days: str | None = None) -> pd.DataFrame:
     """Customers by first-purchase period x periods since, and the share of the cohort buying in that period.
 
     Columns: cohort (start of the first-purchase period), periods_since (0 = the first period, retention 1),
     cohort_size, active (customers with a purchase day in that period), retention = active / cohort_size, complete
     (False for the period containing as_of, which is still running and reads low). Weeks start on Monday.
+    `days` names the table of `purchase_days(con, as_of)` to read instead of grouping the transactions again.
     """
     if period not in PERIODS:
         raise InputError(f"cohort_retention: period must be one of {list(PERIODS)}, got '{period}'.")
     end = _to_date(as_of, "as_of")
     con = _connection(con, table)
     unit, interval = PERIODS[period]
-    sql = SQL["cohorts"].format(lines=_lines(table, end), unit=unit, as_of=end.isoformat(),
+    sql = SQL["cohorts"].format(days=days_sql(table, end, days), unit=unit, as_of=end.isoformat(),
                                 interval_next=interval.format(n="(g.periods_since + 1)"))
     out = fetch(con.sql(sql))
     if out.empty:
