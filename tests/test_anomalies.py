@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm.anomalies import anomaly_counts, anomaly_inputs, flag_anomalies, load_anomaly_rules
 from cvm.errors import InputError
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
-
 from cvm.contract import CONTACTS
-from cvm.control_groups import (assign_control, balance_table, control_share_needed, control_shares, control_size,
-                                global_holdout, to_contacts)
+from cvm.control_groups import (
+    assign_control,
+    balance_table,
+    control_share_needed,
+    control_shares,
+    control_size,
+    global_holdout,
+    to_contacts,
+)
 from cvm.errors import InputError
 from cvm.policy import ContactPolicy, ControlRule
+from scipy.stats import norm
 
 
 def plan_frame(n: int = 3000, seed: int = 0) -> pd.DataFrame:

@@ -8,7 +8,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm import customer_db as db
 from cvm.config import SourceConfig
 from cvm.contract import markdown

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from cvm.keys import isin_keys, key_positions, per_distinct, repeated_keys, rows_at, text_at
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from cvm import assignment, personalisation as pz
+from cvm import assignment
+from cvm import personalisation as pz
 from cvm.errors import InputError
 
 

@@ -8,11 +8,19 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm.errors import InputError
 from cvm.lifecycle import lifecycle_inputs
-from cvm.value import (base_kpis, cohort_retention, ltv_cac, ltv_cac_missing_sentence, pareto, pareto_headline,
-                       plot_cohort_heatmap, plot_pareto, purchase_days)
+from cvm.value import (
+    base_kpis,
+    cohort_retention,
+    ltv_cac,
+    ltv_cac_missing_sentence,
+    pareto,
+    pareto_headline,
+    plot_cohort_heatmap,
+    plot_pareto,
+    purchase_days,
+)
 
 matplotlib.use("Agg")
 AS_OF = "2024-03-15"
