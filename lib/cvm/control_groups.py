@@ -15,7 +15,7 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from cvm.errors import InputError
-from cvm.keys import per_distinct, repeated_keys, text_at
+from cvm.keys import TEXT, first_per_key, per_distinct, text_at
 from cvm.policy import ContactPolicy, ControlRule
 
 
@@ -141,9 +141,7 @@ def assign_control(plan: pd.DataFrame, strata: Sequence[str], control_share: flo
 def global_holdout(customers: pd.DataFrame, share: float, strata: Sequence[str], seed: int,
                    customer_col: str = "customer_id", group_col: str = "group") -> pd.DataFrame:
     """A stratified random share of all customers never contacted by any campaign (group = 'control')."""
-    if repeated_keys(customers[customer_col]):   # else drop_duplicates would hash the ids to drop nothing
-        customers = customers.drop_duplicates(customer_col)
-    frame = customers.assign(_all="all")
+    frame = first_per_key(customers, customer_col).assign(_all="all")
     out = assign_control(frame, strata, control_share=share, by="_all", seed=seed, customer_col=customer_col,
                          group_col=group_col)
     return out.drop(columns="_all")
@@ -192,10 +190,6 @@ def arm_labels(plan: pd.DataFrame) -> pd.Series:
             + plan["channel"].astype(str))
 
 
-#: The text dtype pandas infers for Python strings (Arrow storage, NaN for missing).
-_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
-
-
 def to_contacts(plan: pd.DataFrame, customer_col: str = "customer_id", date_col: str = "contact_date",
                 group_col: str = "group") -> pd.DataFrame:
     """Contacts-table rows (see cvm.contract.CONTACTS) for the plan, control rows included (`campaign_ids`,
@@ -215,4 +209,4 @@ def to_contacts(plan: pd.DataFrame, customer_col: str = "customer_id", date_col:
 def _values(column: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """The column's values for a new frame: Arrow text stays Arrow text (to_numpy would make a Python string per row,
     which the frame turns back into Arrow text); anything else as a NumPy array."""
-    return column.array if column.dtype == _TEXT else column.to_numpy()
+    return column.array if column.dtype == TEXT else column.to_numpy()

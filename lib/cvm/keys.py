@@ -66,10 +66,19 @@ def rows_at(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
     return frame.take(positions).reset_index(drop=True)
 
 
+#: The text dtype pandas infers for Python strings (Arrow storage, NaN for missing).
+TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
 def text_at(values: Sequence[str], codes: np.ndarray) -> pd.Series:
     """values[codes] as a text column (an Arrow `take` of the few distinct values, not one Python string per row)."""
-    return pd.Series(pa.array(list(values), pa.large_string()).take(pa.array(codes)),
-                     dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    return pd.Series(pa.array(list(values), pa.large_string()).take(pa.array(codes)), dtype=TEXT)
+
+
+def first_per_key(frame: pd.DataFrame, key_col: str) -> pd.DataFrame:
+    """The first row of each key: `frame` itself when no key repeats (drop_duplicates would hash the keys and copy
+    the whole frame to drop nothing)."""
+    return frame.drop_duplicates(key_col) if repeated_keys(frame[key_col]) else frame
 
 
 def per_distinct(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:

@@ -36,7 +36,7 @@ from cvm import offers as off
 from cvm import policy as pol
 from cvm.engine import fetch
 from cvm.errors import InputError
-from cvm.keys import isin_keys, key_positions, per_distinct, rows_at, text_at
+from cvm.keys import TEXT, isin_keys, key_positions, per_distinct, rows_at, text_at
 
 #: customer behaviour features of the uplift model, computed at each contact date (history) and at as_of (scoring)
 #: (own names, so they never clash with the knowledge table's columns used by the offers' eligibility rules)
@@ -930,14 +930,13 @@ def target_lists(plan: Plan, customers: pd.DataFrame, out_dir: str | Path,
 
 #: Characters that make a CSV field need quotes: pandas quotes only those fields, Arrow's writer all text or none.
 _CSV_QUOTED = r'[,"\r\n]'
-_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """`frame.to_csv(path, index=False)`, byte for byte, by Arrow's writer (ten times faster) when every column is
     Arrow text or float and no field or name needs quotes (floats are formatted as pandas does, once per distinct
     value); else by pandas."""
-    text = [c for c in frame.columns if frame[c].dtype == _TEXT]
+    text = [c for c in frame.columns if frame[c].dtype == TEXT]
     floats = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c].dtype)]
     names = pa.array([str(c) for c in frame.columns])
     if (len(text) + len(floats) < frame.shape[1] or frame.shape[1] < 2
@@ -946,7 +945,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
                    for c in text)):
         frame.to_csv(path, index=False)
         return
-    out = frame.assign(**{c: per_distinct(frame[c], lambda d: pd.Series(d.to_numpy().astype(str), dtype=_TEXT))
+    out = frame.assign(**{c: per_distinct(frame[c], lambda d: pd.Series(d.to_numpy().astype(str), dtype=TEXT))
                           for c in floats})
     with open(path, "wb") as f:   # the header as pandas writes it (Arrow would quote the names)
         f.write((",".join(str(c) for c in frame.columns) + "\n").encode())

@@ -21,7 +21,7 @@ from cvm.assignment import Constraints
 from cvm.config import read_yaml
 from cvm.contract import CAMPAIGN_TYPES, CHANNELS
 from cvm.errors import InputError
-from cvm.keys import key_positions, repeated_keys
+from cvm.keys import first_per_key, key_positions
 from cvm.offers import Offer
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
@@ -160,14 +160,6 @@ def _days(dates: pd.Series | pd.Index, as_of: pd.Timestamp, table: str, column: 
     return np.asarray((pd.DatetimeIndex(d).normalize() - as_of.normalize()).days, dtype=np.int64)[codes]
 
 
-def _by_customer(customers: pd.DataFrame, customer_col: str) -> pd.DataFrame:
-    """The customers indexed by id, first row of each id: drop_duplicates only when an id repeats (it would hash the
-    ids and copy the whole table to drop nothing)."""
-    if repeated_keys(customers[customer_col]):
-        customers = customers.drop_duplicates(customer_col)
-    return customers.set_index(customer_col)
-
-
 def _history_keys(history: pd.DataFrame, customers: pd.Index, as_of: pd.Timestamp, customer_col: str,
                   date_col: str, group_col: str) -> np.ndarray:
     """Sorted (customer code, day) keys of the contacts actually made (control rows dropped)."""
@@ -217,7 +209,7 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
             raise InputError(f"candidates: column '{col}' is missing; build them with cvm.offers.build_candidates.")
     if customer_col not in customers.columns:
         raise InputError(f"customers: column '{customer_col}' is missing.")
-    cust = _by_customer(customers, customer_col)
+    cust = first_per_key(customers, customer_col).set_index(customer_col)
     cand_day = _days(candidates[date_col], as_of, "candidates", date_col)
     if (cand_day <= 0).any():
         raise InputError(f"candidates: {int((cand_day <= 0).sum())} rows have {date_col} on or before as_of "
@@ -306,7 +298,7 @@ def check_plan(plan: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFram
     p = plan if group_col not in plan.columns else plan[plan[group_col].astype("string") != "control"]
     p = p.reset_index(drop=True)
     ids = [c for c in (customer_col, "offer_id", "channel", date_col) if c in p.columns]
-    cust = _by_customer(customers, customer_col)
+    cust = first_per_key(customers, customer_col).set_index(customer_col)
     code = key_positions(p[customer_col], cust.index)
     found = []
     if (code < 0).any():
