@@ -390,7 +390,7 @@ def _balance_by_definition(contacts: pd.DataFrame, covariates: list[str], by: li
 
 @pytest.mark.parametrize("seed", range(6))
 def test_balance_table_matches_definition_on_random_cells(seed: int) -> None:
-    """Fuzzed: the vectorised balance table equals the per-cell pandas definition (missing numbers skipped, missing
+    """Fuzzed: the balance table equals the per-cell pandas definition (missing numbers skipped, missing
     levels counted as 0, cells with one row or one group, levels in order of appearance) to rounding."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 300))

@@ -375,11 +375,9 @@ def arm_results(contacts: pd.DataFrame, outcome_binary: str, outcome_value: str 
     pre = _numeric(contacts, pre_period) if pre_period is not None and values else None
 
     cells = cells.assign(_t=is_t)  # grouping the whole frame with the group flag as a key: no copies of rows
-    groups = cells.groupby(by + ["_t"], sort=True, dropna=False).indices
-    t_groups = {k[:-1]: v for k, v in groups.items() if k[-1]}
-    if keys != by:  # controls matched on fewer columns (e.g. a campaign's arms share its control group)
-        groups = cells.groupby(keys + ["_t"], sort=False, dropna=False).indices
-    c_groups = {k[:-1]: v for k, v in groups.items() if not k[-1]}
+    t_groups = {k[:-1]: v for k, v in cells.groupby(by + ["_t"], sort=True, dropna=False).indices.items() if k[-1]}
+    c_groups = {k[:-1]: v for k, v in cells.groupby(keys + ["_t"], sort=False, dropna=False).indices.items()
+                if not k[-1]}
     rng = np.random.default_rng(seed)
     rows = []
     for key, ti in t_groups.items():
@@ -571,66 +569,33 @@ def balance_table(contacts: pd.DataFrame, covariates: Sequence[str], group_col: 
     groups = _groups(contacts, group_col, treatment, control)
     limit = load_rules()["smd_flag_above"] if smd_flag is None else smd_flag
     is_t = (groups == treatment).to_numpy(dtype=bool)
-    cells = (contacts.groupby(list(by), sort=True, dropna=False).indices if by
-             else {(): np.arange(len(contacts))})
-    cell = np.empty(len(contacts), dtype=np.intp)
-    for i, pos in enumerate(cells.values()):
-        cell[pos] = i
-    n_cells = len(cells)
-    slot = 2 * cell + is_t  # (cell, group) of each row: 2 * cell for control, + 1 for treated
-    sizes = np.bincount(slot, minlength=2 * n_cells).reshape(n_cells, 2)
-    parts = []  # per covariate: cell, order within the cell, name, mean and variance per group (control, treated)
-    for k, cov in enumerate(covariates):
+    values = {}  # covariate -> (numbers, None) or (level codes, level names); computed once for all cells
+    for cov in covariates:
         col = contacts[cov]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            x = col.to_numpy(dtype=float, na_value=np.nan)
-            ok = ~np.isnan(x)  # missing values are skipped, as pandas' mean and var do
-            mean, var = _slot_moments(slot[ok], x[ok], 2 * n_cells)
-            parts.append(pd.DataFrame({"_cell": np.arange(n_cells), "_k": k, "_first": 0, "covariate": cov,
-                                       "_mt": mean[1::2], "_mc": mean[::2], "_vt": var[1::2], "_vc": var[::2]}))
-            continue
-        codes, levels = pd.factorize(col.astype("string"))
-        ok = codes >= 0
-        pair = cell[ok] * len(levels) + codes[ok]  # (cell, level) pairs present, each with its first row
-        first = np.full(n_cells * len(levels), len(contacts))
-        np.minimum.at(first, pair, np.flatnonzero(ok))
-        present = np.flatnonzero(first < len(contacts))
-        in_cell, level = np.divmod(present, len(levels))
-        counts = np.bincount((2 * cell[ok] + is_t[ok]) * len(levels) + codes[ok],
-                             minlength=2 * n_cells * len(levels)).reshape(n_cells, 2, len(levels))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = counts[in_cell, :, level] / sizes[in_cell]  # the level's share of each group (missing rows: 0)
-            var = share * (1 - share) * sizes[in_cell] / (sizes[in_cell] - 1)  # variance of the 0/1 indicator
-        share = np.where(sizes[in_cell] > 0, share, np.nan)
-        var = np.where(sizes[in_cell] > 1, var, np.nan)
-        parts.append(pd.DataFrame({"_cell": in_cell, "_k": k, "_first": first[present],
-                                   "covariate": [f"{cov}={levels[i]}" for i in level],
-                                   "_mt": share[:, 1], "_mc": share[:, 0], "_vt": var[:, 1], "_vc": var[:, 0]}))
+            values[cov] = (col.to_numpy(dtype=float, na_value=np.nan), None)
+        else:
+            values[cov] = pd.factorize(col.astype("string"))
+    cells = (contacts.groupby(list(by), sort=True, dropna=False).indices if by
+             else {(): np.arange(len(contacts))})
+    rows = []
+    for key, pos in cells.items():
+        head = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        t = is_t[pos]
+        head.update(n_treated=int(t.sum()), n_control=int((~t).sum()))
+        for cov, (x, levels) in values.items():
+            sub = x[pos]
+            parts = ({cov: sub} if levels is None else
+                     {f"{cov}={levels[i]}": (sub == i).astype(float) for i in pd.unique(sub[sub >= 0])})
+            for name, part in parts.items():
+                xt, xc = pd.Series(part[t]), pd.Series(part[~t])
+                pooled = np.sqrt((xt.var() + xc.var()) / 2)
+                diff = xt.mean() - xc.mean()
+                smd = diff / pooled if pooled > 0 else (0.0 if diff == 0 else np.inf)
+                rows.append({**head, "covariate": name, "mean_treated": xt.mean(), "mean_control": xc.mean(),
+                             "smd": smd, "flag": bool(abs(smd) > limit)})
     cell_columns = [*by, "n_treated", "n_control"] if by else []
-    columns = [*cell_columns, "covariate", "mean_treated", "mean_control", "smd", "flag"]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    rows = pd.concat(parts, ignore_index=True).sort_values(["_cell", "_k", "_first"], kind="stable")
-    diff = rows["_mt"].to_numpy() - rows["_mc"].to_numpy()
-    pooled = np.sqrt((rows["_vt"].to_numpy() + rows["_vc"].to_numpy()) / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        smd = np.where(pooled > 0, diff / pooled, np.where(diff == 0, 0.0, np.inf))
-    at = rows["_cell"].to_numpy()
-    keys = [key if isinstance(key, tuple) else (key,) for key in cells]
-    out = pd.DataFrame({**{b: [keys[i][j] for i in at] for j, b in enumerate(by)},
-                        **({"n_treated": sizes[at, 1], "n_control": sizes[at, 0]} if by else {}),
-                        "covariate": rows["covariate"].to_numpy(), "mean_treated": rows["_mt"].to_numpy(),
-                        "mean_control": rows["_mc"].to_numpy(), "smd": smd, "flag": np.abs(smd) > limit})
-    return out[columns]
-
-
-def _slot_moments(slot: np.ndarray, x: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample variance (ddof 1) of `x` per slot (NaN for fewer than 1 and 2 values), two-pass."""
-    n = np.bincount(slot, minlength=n_slots)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.bincount(slot, x, minlength=n_slots) / n
-        var = np.bincount(slot, (x - mean[slot]) ** 2, minlength=n_slots) / (n - 1)
-    return mean, np.where(n > 1, var, np.nan)
+    return pd.DataFrame(rows, columns=[*cell_columns, "covariate", "mean_treated", "mean_control", "smd", "flag"])
 
 
 # ---------------------------------------------------------------------------------------------------------- power
