@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 import pandas as pd
+import psutil
 import pytest
-
 from cvm.cli import main
 from cvm.config import load_config
 from cvm.errors import InputError
-from cvm.runner import RunFailed, run
+from cvm.runner import RunFailed, notebook_imports, run, warm_lines
 
 pytestmark = pytest.mark.notebook
 
@@ -41,6 +43,10 @@ sources:
 steps: [data]
 """)
     return tmp_path / "run.yaml"
+
+
+def _kernels_alive() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_run_writes_reports_manifest_and_moves_latest(client: Path) -> None:
@@ -89,6 +95,7 @@ def test_failed_run_is_marked_and_leaves_the_last_good_run_alone(client: Path) -
     assert json.loads((failed / "manifest.json").read_text())["status"] == "failed"
     assert (good.parent / "latest").resolve() == good.resolve()
     assert (good / "data" / "summary.json").read_text() == good_summary
+    assert _kernels_alive() == [], "the failed step's kernel and the next one (started ahead) are shut down"
 
 
 def test_bad_input_stops_before_any_run_folder(client: Path, capsys: pytest.CaptureFixture) -> None:
@@ -97,5 +104,27 @@ def test_bad_input_stops_before_any_run_folder(client: Path, capsys: pytest.Capt
     with pytest.raises(InputError, match=r"no column 'Datun'.*Did you mean 'Datum'"):
         run(load_config(client), progress=False)
     assert not (client.parent / "out").exists()
+    assert _kernels_alive() == [], "the kernel started while the files were checked is shut down"
     assert main(["run", "--config", str(client), "--quiet"]) == 2
     assert "INPUT ERROR" in capsys.readouterr().err
+
+
+def test_notebook_imports_name_the_modules_to_load_ahead(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("import not_this"),
+        nbformat.v4.new_code_cell("import cvm\nfrom cvm import customer_db as db, report\nimport os.path"),
+        nbformat.v4.new_code_cell("from cvm.config import load_config\nfrom cvm import __version__\n%matplotlib inline"),
+        nbformat.v4.new_code_cell("from . import nothing\nimport cvm"),
+    ])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    # the magic cell cannot be parsed and is left to the notebook's own run; `from cvm import __version__` gives cvm
+    assert notebook_imports(path) == ["cvm", "cvm.customer_db", "cvm.report", "os.path"]
+
+
+def test_the_warm_up_line_imports_and_binds_no_name() -> None:
+    namespace: dict = {}
+    exec(warm_lines(["json", "cvm.offers"]), namespace)  # noqa: S102 - the line the kernel runs at startup
+    assert set(namespace) == {"__builtins__"}
+    assert {"json", "cvm.offers"} <= set(sys.modules)
+
