@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from cvm import quality
 from cvm.config import SourceConfig
+from cvm.contract import TABLES
 from cvm.errors import InputError
 from cvm.quality import validate
 from cvm.sources import load_source
@@ -157,3 +157,46 @@ def test_row_selection_is_loc(demo_dir: Path, selection: str) -> None:
             "a few": np.isin(np.arange(n), [3, 4, 900]), "none": np.zeros(n, bool),
             "half at random": np.random.default_rng(1).random(n) < 0.5}[selection]
     pd.testing.assert_frame_equal(quality._rows(lines, mask), lines.loc[mask], check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_single_text_key_duplicates_like_pandas(seed: int) -> None:
+    """One text key: ids that never repeat (sorted or not) are found without hashing; repeats, missing ids included,
+    as pandas' duplicated(keep='first')."""
+    rng = np.random.default_rng(seed)
+    ids = [f"C{i:05d}" for i in range(300)]
+    for values in (ids, list(rng.permutation(ids)), list(rng.choice(ids, 300)), ids[:150] + [None] + ids[150:],
+                   [None, *ids, None], list(rng.choice(ids[:5] + [None], 40))):
+        frame = pd.DataFrame({"customer_id": pd.Series(values, dtype="str")})
+        assert (quality._duplicated(frame, ["customer_id"]) == frame.duplicated(keep="first").to_numpy()).all()
+
+
+COERCE_VALUES = {
+    "float": ["1", "1,5", "1.234,50", "€5", "$ 3", "7 €", "-0", "1e3", "inf", "abc", "", None, "12.5", "0012"],
+    "int": ["1980", "1980.0", "19 80", "x", "", None, "-3"],
+    "date": ["2025-01-02", "02/01/2025", "2025-01-02 10:00:00", "2025-01-02T10:00:00+02:00",
+             "2025-01-03 09:00:00+00:00", "31.12.2024", "bad", "", None],
+    "bool": ["yes", "No", "1", "0.0", "x", "oui", "maybe", "", None, "TRUE"],
+}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_repeated_values_converted_once_like_each_value(seed: int) -> None:
+    """A column of few distinct values is converted once per value: the same as converting every value (missing
+    values, currencies, decimal commas, date formats and offsets, flags)."""
+    rng = np.random.default_rng(seed)
+    columns = {"float": TABLES["customers"].column("acquisition_cost"), "int": TABLES["customers"].column("birth_year"),
+               "date": TABLES["customers"].column("signup_date"), "bool": TABLES["customers"].column("consent_email")}
+    read = [{}, {"decimal": ",", "thousands": "."}, {"date_format": "%d/%m/%Y"}, {"date_format": "%Y-%m-%d"}][seed % 4]
+    for kind, column in columns.items():
+        pool = COERCE_VALUES[kind] if seed < 4 else [v for v in COERCE_VALUES[kind] if v is None or "+" not in v]
+        raw = pd.Series(rng.choice(np.array(pool, dtype=object), 500), dtype="str", index=np.arange(500) + 7)
+        text = quality._text(raw)
+        assert quality._repeats(text)
+        try:
+            want = quality._convert(column, raw, text, read)
+        except ValueError as exc:
+            with pytest.raises(type(exc)):
+                quality.coerce(column, raw, text, read)
+            continue
+        pd.testing.assert_series_equal(quality.coerce(column, raw, text, read), want, check_exact=True)

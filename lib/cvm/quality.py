@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from cvm.contract import TABLES, Column, pandera_schema
 from cvm.errors import InputError
+from cvm.keys import per_distinct, repeated_keys
 
 TRUE = {"true", "t", "yes", "y", "1", "1.0", "oui", "ja", "si", "x"}
 FALSE = {"false", "f", "no", "n", "0", "0.0", "non", "nein", "", "nan", "none"}
@@ -24,6 +25,11 @@ FALSE = {"false", "f", "no", "n", "0", "0.0", "non", "nein", "", "nan", "none"}
 MAX_BAD_SHARE = 0.5
 #: currency symbols allowed before or after an amount
 CURRENCY = ("€", "$", "£")
+#: text columns whose first REPEAT_SAMPLE values hold at most REPEAT_SHARE distinct ones are converted once per
+#: distinct value (200k customers: birth_year 0.068 -> 0.006 s, acquisition_cost 0.060 -> 0.008 s, signup_date 0.052
+#: -> 0.007 s CPU)
+REPEAT_SAMPLE = 10_000
+REPEAT_SHARE = 0.5
 #: a row selection of at most this many runs of consecutive rows is assembled from slices (see `_rows`)
 MAX_SLICED_RUNS = 1000
 
@@ -138,7 +144,21 @@ def _to_id(series: pd.Series, text: pd.Series | None) -> pd.Series:
 
 def coerce(column: Column, series: pd.Series, text: pd.Series | None, read: dict) -> pd.Series:
     """Convert one column to its contract type; unparseable values become missing. `text` is the column as trimmed
-    text when the caller already has it (None for typed columns), so no column is converted to text twice."""
+    text when the caller already has it (None for typed columns), so no column is converted to text twice. Numbers,
+    dates and flags that repeat are converted once per distinct value."""
+    if text is not None and column.kind in ("float", "int", "date", "bool") and _repeats(text):
+        return per_distinct(text, lambda values: _convert(column, values, values, read)).rename(text.name)
+    return _convert(column, series, text, read)
+
+
+def _repeats(text: pd.Series) -> bool:
+    """Whether the first REPEAT_SAMPLE values hold at most REPEAT_SHARE distinct ones."""
+    sample = text.iloc[:REPEAT_SAMPLE]
+    return len(sample) > 1 and sample.nunique(dropna=False) <= REPEAT_SHARE * len(sample)
+
+
+def _convert(column: Column, series: pd.Series, text: pd.Series | None, read: dict) -> pd.Series:
+    """`coerce`, value by value."""
     if column.kind == "float" or column.kind == "int":
         return _to_number(series, text, read.get("decimal", "."), read.get("thousands"))
     if column.kind == "date":
@@ -304,6 +324,8 @@ def _duplicated(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
     DuckDB (equal rows always hash alike: NaN and missing both become NULL, -0.0 hashes as 0.0) and only rows whose
     hash repeats are compared, which is much faster on millions of rows."""
     subset = frame[keys]
+    if len(keys) == 1 and isinstance(subset.dtypes.iloc[0], pd.StringDtype) and not repeated_keys(subset.iloc[:, 0]):
+        return np.zeros(len(frame), dtype=bool)  # ids that never repeat (sorted ids: found at once, no hashing)
     if len(keys) == 1 or not all(_hashes_alike(subset.iloc[:, i]) for i in range(subset.shape[1])):
         return subset.duplicated(keep="first").to_numpy()
     rows = pa.Table.from_pandas(subset.set_axis([f"c{i}" for i in range(subset.shape[1])], axis=1),
