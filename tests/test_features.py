@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from cvm.errors import InputError
-from cvm.features import customer_features, daily_purchase_counts, holdout_purchases
+from cvm.features import (
+    HISTORY_COLUMNS,
+    customer_features,
+    daily_purchase_counts,
+    days_basis_features,
+    holdout_purchases,
+)
 
 
 def _tx() -> pd.DataFrame:
@@ -140,6 +146,28 @@ def test_holdout_matches_the_plain_definition(seed: int) -> None:
                 .reindex(kept["customer_id"].unique(), fill_value=0).sort_index())
     assert got.index.tolist() == expected.index.tolist()
     assert got.tolist() == expected.tolist() and got.dtype == "int32"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_days_basis_features_equal_customer_features(seed: int) -> None:
+    """Fuzzed: the days-basis columns rebuilt from an orders-basis frame's purchase-history summary equal those of a
+    days-basis `customer_features` (return-only customers, several orders and returns on one day, free lines)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    tx = pd.DataFrame({"customer_id": rng.choice([f"K{i}" for i in range(300)], n),
+                       "order_id": rng.integers(0, 900, n).astype(str),
+                       "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n),
+                                                                                unit="h"),
+                       "amount": np.round(rng.choice([-1.0, 0.0, 1.0, 1.0], n) * rng.integers(0, 50, n), 0)})
+    con = duckdb.connect()
+    con.register("transactions", tx)
+    for unit in ("D", "W", "M"):
+        orders = customer_features(con, "2024-12-31", time_unit=unit, btyd_basis="orders", top_categories=0)
+        days = customer_features(con, "2024-12-31", frequency_basis="days", time_unit=unit, top_categories=0)
+        got = days_basis_features(orders[list(HISTORY_COLUMNS)], "2024-12-31", unit)
+        pd.testing.assert_frame_equal(got, days[got.columns], check_exact=True)
+    with pytest.raises(InputError, match="re-run the knowledge step"):
+        days_basis_features(orders.drop(columns="n_orders"), "2024-12-31")
 
 
 def _cdnow(real_data: Path) -> duckdb.DuckDBPyConnection:

@@ -54,6 +54,37 @@ def test_too_few_customers_is_a_clear_error() -> None:
         knowledge.fit_clv(simulated_base(10))
 
 
+def test_fit_bgnbd_is_the_bgnbd_of_fit_clv() -> None:
+    base = simulated_base()
+    assert knowledge.fit_bgnbd(base).params() == knowledge.fit_clv(base).bgnbd.params()
+    with pytest.raises(InputError, match="only 10 customers with purchases"):
+        knowledge.fit_bgnbd(simulated_base(10))
+
+
+def test_purchase_history_kept_for_its_as_of() -> None:
+    """Saved and read back in order; a missing table or another as_of is a clear error naming the knowledge step."""
+    con = duckdb.connect()
+    with pytest.raises(InputError, match="'purchase_history' is missing. Run the knowledge step"):
+        knowledge.load_purchase_history(con, "2026-06-30")
+    rng = np.random.default_rng(0)
+    first = pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 300, 500), unit="D")
+    feats = pd.DataFrame({"customer_id": [f"C{i:04d}" for i in rng.permutation(500)], "first_purchase": first,
+                          "last_purchase": first + pd.to_timedelta(rng.integers(0, 100, 500), unit="D"),
+                          "n_purchase_days": rng.integers(1, 9, 500).astype("int32"),
+                          "n_orders": rng.integers(1, 12, 500).astype("int32"),
+                          "monetary_total": rng.gamma(2.0, 40.0, 500), "x": 1.0})
+    feats.loc[:9, ["first_purchase", "last_purchase"]] = pd.NaT  # customers with returns only
+    knowledge.save_purchase_history(con, feats, "2026-06-30")
+    back = knowledge.load_purchase_history(con, pd.Timestamp("2026-06-30"))
+    assert list(back.columns) == ["customer_id", "first_purchase", "last_purchase", "n_purchase_days", "n_orders",
+                                  "monetary_total"]
+    assert back["customer_id"].tolist() == feats["customer_id"].tolist()
+    for col in back.columns[1:]:
+        np.testing.assert_array_equal(back[col].to_numpy(), feats[col].to_numpy(back[col].dtype))
+    with pytest.raises(InputError, match="computed for as_of 2026-06-30, not 2026-07-31; re-run the knowledge step"):
+        knowledge.load_purchase_history(con, "2026-07-31")
+
+
 def test_assemble_keeps_every_customer_and_labels_non_buyers() -> None:
     customer = pd.DataFrame({"customer_id": ["a", "b", "c"], "consent_email": [True, False, True],
                              "email": ["a@x.com", None, "c@y.com"], "region": ["N", "S", "N"]})

@@ -11,8 +11,9 @@ import yaml
 from cvm.assignment import solve_scalable
 from cvm.control_groups import assign_control
 from cvm.errors import InputError
+from cvm.keys import key_positions
 from cvm.offers import build_candidates, eligibility_mask, load_offers, offers_table
-from cvm.policy import _as_bool, apply_policy, check_plan, constraints_for, load_policy
+from cvm.policy import _as_bool, apply_policy, apply_policy_rows, check_plan, constraints_for, load_policy
 
 RULES = Path(__file__).resolve().parents[1] / "lib" / "cvm" / "rules"
 AS_OF = pd.Timestamp("2026-06-30")
@@ -190,6 +191,9 @@ def test_check_plan_finds_every_kind(policy, offers):
     again, cap_again = apply_policy(cand, repeated, history, policy, AS_OF)
     pd.testing.assert_frame_equal(again, allowed)
     pd.testing.assert_series_equal(cap_again, cap)
+    for who in (customers, repeated, repeated.iloc[::-1]):   # the rows: the plain lookup of each allowed id
+        allowed, _, rows = apply_policy_rows(cand, who, history, policy, AS_OF)
+        np.testing.assert_array_equal(rows, key_positions(allowed["customer_id"], who["customer_id"]))
 
 
 def test_zero_violations_on_100k_customers(offers, policy):
@@ -215,7 +219,8 @@ def test_zero_violations_on_100k_customers(offers, policy):
     dates = [AS_OF + pd.Timedelta(days=7), AS_OF + pd.Timedelta(days=14)]
     cand = build_candidates(customers, offers, dates)
     cand["value"] = np.round(rng.lognormal(0, 1, len(cand)) - 0.8, 2)
-    allowed, cap = apply_policy(cand, customers, history, policy, AS_OF)
+    allowed, cap, rows = apply_policy_rows(cand, customers, history, policy, AS_OF)
+    np.testing.assert_array_equal(rows, key_positions(allowed["customer_id"], customers["customer_id"]))
     cons = constraints_for(policy, offers, cap)
     tight = replace(cons, offer_capacity={k: v // 4 for k, v in cons.offer_capacity.items()},
                     channel_capacity={"email": 30_000, "sms": 2_000, "post": 1_500}, budget=4_000.0)

@@ -138,6 +138,8 @@ def test_score_equals_scoring_each_variant_on_its_own(demo_setup: pz.Setup, demo
     ref = pd.concat(parts, ignore_index=True)
     assert set(ref["source"]) == {"model", "prior"}
     pd.testing.assert_frame_equal(scored.drop(columns="value"), ref)
+    with_rows = pz.scored_candidates(demo_setup, est)[0]   # the policy's customer rows instead of a lookup
+    pd.testing.assert_frame_equal(with_rows, scored, check_exact=True)
 
 
 def test_residual_learner_scores_with_the_purchase_baseline(demo_setup: pz.Setup,

@@ -2,19 +2,19 @@
 (UCI Bank Marketing, Hillstrom e-mail test). Each statistical test says which truth it is checked against."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cvm import uplift as u
+from cvm.contract import CAMPAIGN_TYPES
+from cvm.errors import InputError
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
-
-from cvm import uplift as u
-from cvm.contract import CAMPAIGN_TYPES
-from cvm.errors import InputError
 
 SIM_FEATURES = ["x1", "x2", "x3", "region"]
 HILLSTROM = "Kevin_Hillstrom_MineThatData_E-MailAnalytics_DataMiningChallenge_2008.03.20.csv"
@@ -355,3 +355,33 @@ def test_hillstrom_womens_email_uplift(real_data: Path):
     assert pred["uplift"].mean() == pytest.approx(observed["treatment"] - observed["control"], abs=0.01)
     spend = test.loc[test["spend"] > 0, "spend"].mean()
     assert pred["expected_order_value"].mean() == pytest.approx(spend, rel=0.15)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encoder_codes_text_levels_as_the_plain_categorical_does(seed: int):
+    """Known truth: the plain definition, `pd.Categorical(column.astype("string"), categories=levels).codes` row by
+    row (-1 as NaN), on random columns of Arrow text, object text, categoricals and numbers held as objects, with
+    missing values and levels never seen in training."""
+    rng = np.random.default_rng(seed)
+    n = 500
+    words = np.array(["email", "sms", "post", "phone", "x"], dtype=object)
+    word = words[rng.integers(0, len(words), n)]
+    word[rng.random(n) < 0.1] = None
+    frame = pd.DataFrame({"arrow": pd.Series(word, dtype="str"), "obj": pd.Series(word, dtype=object),
+                          "cat": pd.Categorical(word), "num": pd.Series(rng.integers(0, 4, n), dtype=object),
+                          "x": rng.random(n)})
+    enc = u._Encoder(("arrow", "obj", "cat", "num", "x"), {c: ("email", "post", "sms") for c in ("arrow", "obj", "cat")}
+                     | {"num": ("1", "2")})
+    shuffled = frame.sample(frac=1.0, random_state=seed)   # a label index out of order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = enc.transform(shuffled, "t")
+    for j, col in enumerate(enc.features):
+        if col in enc.levels:
+            with warnings.catch_warnings():   # pandas warns of values outside the categories (coded -1)
+                warnings.simplefilter("ignore")
+                codes = pd.Categorical(shuffled[col].astype("string"), categories=list(enc.levels[col])).codes
+            want = np.where(codes < 0, np.nan, codes).astype("float64")
+        else:
+            want = shuffled[col].to_numpy(dtype="float64")
+        np.testing.assert_array_equal(got[:, j], want)

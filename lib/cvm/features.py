@@ -39,9 +39,12 @@ from cvm.errors import InputError
 TIME_UNIT_DAYS: dict[str, float] = {"D": 1.0, "W": 7.0, "M": 365.25 / 12}
 
 REQUIRED = ("customer_id", "order_id", "order_date", "amount")
+#: The purchase-history summary of a `customer_features` frame that later steps rebuild the days-basis features from
+#: (`days_basis_features`); the knowledge step keeps it in the run database (`cvm.knowledge.save_purchase_history`).
+HISTORY_COLUMNS = ("customer_id", "first_purchase", "last_purchase", "n_purchase_days", "n_orders", "monetary_total")
 
 #: Every SQL statement of the module. Placeholders: {table}, {end}, {start_filter}, {extra_line_cols}, {lines},
-#: {extra_aggs}, {col}, {cal_end}, {limit}.
+#: {extra_aggs}, {first_order}, {first_order_value}, {first_order_join}, {col}, {cal_end}, {limit}.
 SQL: dict[str, str] = {
     "lines": """
         SELECT customer_id, order_id, CAST(order_date AS DATE) AS d, CAST(order_date AS TIMESTAMP) AS ts,
@@ -70,21 +73,22 @@ SQL: dict[str, str] = {
             SELECT customer_id, COUNT(*) AS n_orders, MIN(ts) AS first_order_ts, MAX(ts) AS last_order_ts,
                    SUM(net) AS purchase_order_value
             FROM porders GROUP BY customer_id),
-        first_order AS (
-            SELECT p.customer_id, min_by(p.net, COALESCE(CAST(p.order_id AS STRING), '')) AS first_order_value
-            FROM porders p JOIN order_agg f ON p.customer_id = f.customer_id AND p.ts = f.first_order_ts
-            GROUP BY p.customer_id),
         day_agg AS (
             SELECT customer_id, COUNT(*) AS n_purchase_days, MIN(d) AS first_purchase, MAX(d) AS last_purchase,
                    SUM(net) AS purchase_day_value, min_by(net, d) AS first_day_value
-            FROM pdays GROUP BY customer_id)
-        SELECT l.*, o.n_orders, o.first_order_ts, o.last_order_ts, o.purchase_order_value, fo.first_order_value,
+            FROM pdays GROUP BY customer_id){first_order}
+        SELECT l.*, o.n_orders, o.first_order_ts, o.last_order_ts, o.purchase_order_value, {first_order_value},
                p.n_purchase_days, p.first_purchase, p.last_purchase, p.purchase_day_value,
                p.first_day_value
         FROM line_agg l
-        LEFT JOIN order_agg o ON l.customer_id = o.customer_id
-        LEFT JOIN first_order fo ON l.customer_id = fo.customer_id
+        LEFT JOIN order_agg o ON l.customer_id = o.customer_id{first_order_join}
         LEFT JOIN day_agg p ON l.customer_id = p.customer_id""",
+    # the value of each customer's first purchase order: only the orders basis reads it (mean_repeat_value)
+    "first_order": """,
+        first_order AS (
+            SELECT p.customer_id, min_by(p.net, COALESCE(CAST(p.order_id AS STRING), '')) AS first_order_value
+            FROM porders p JOIN order_agg f ON p.customer_id = f.customer_id AND p.ts = f.first_order_ts
+            GROUP BY p.customer_id)""",
     "top_values": """
         SELECT CAST({col} AS STRING) AS v, SUM(CASE WHEN amount > 0 THEN amount ELSE 0 END) AS value
         FROM ({lines}) t WHERE {col} IS NOT NULL
@@ -165,6 +169,18 @@ def _share_aggs(con: Engine, lines: str, col: str, top: int) -> tuple[str, list[
     return "".join(",\n                   " + a for a in aggs), names
 
 
+def _features_sql(lines: str, extra_aggs: str, btyd_basis: str) -> str:
+    """The features query; the first order's value (a join and a grouping of the purchase orders) only for the orders
+    basis, NULL for the days basis, which does not read it (200k customers, one thread: the churn calibration frame
+    0.99 -> 0.91 s CPU, the features with shares 1.96 -> 1.83 s)."""
+    if btyd_basis == "orders":
+        join = "\n        LEFT JOIN first_order fo ON l.customer_id = fo.customer_id"
+        return SQL["features"].format(lines=lines, extra_aggs=extra_aggs, first_order=SQL["first_order"],
+                                      first_order_value="fo.first_order_value", first_order_join=join)
+    return SQL["features"].format(lines=lines, extra_aggs=extra_aggs, first_order="",
+                                  first_order_value="CAST(NULL AS DOUBLE) AS first_order_value", first_order_join="")
+
+
 def customer_features(
     con: duckdb.DuckDBPyConnection | Engine,
     as_of: str | date,
@@ -214,7 +230,7 @@ def customer_features(
             aggs, names = _share_aggs(con, lines, col, top_categories)
             extra_aggs += aggs
             share_cols += names
-    df = con.query(SQL["features"].format(lines=lines, extra_aggs=extra_aggs))
+    df = con.query(_features_sql(lines, extra_aggs, btyd_basis))
     if df.empty:
         raise InputError(f"table '{table}': no rows with order_date <= {end}"
                          f"{f' and after {start}' if start else ''}; check as_of / lookback_days.")
@@ -233,13 +249,12 @@ def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list
     out["n_orders"] = df["n_orders"].fillna(0).astype("int32")
     out["n_purchase_days"] = df["n_purchase_days"].fillna(0).astype("int32")
     day = np.timedelta64(1, "D")
-    out["recency_days"] = ((pd.Timestamp(end) - last) / day).astype("float32")
-    out["tenure_days"] = ((pd.Timestamp(end) - first) / day).astype("float32")
+    out["recency_days"], out["tenure_days"] = _ages(first, last, end)
     out["frequency"] = out["n_orders"] if basis == "orders" else out["n_purchase_days"]
     gross = df["gross"].to_numpy(dtype=float)
     out["monetary_total"] = df["monetary_total"].astype("float64")
     with np.errstate(divide="ignore", invalid="ignore"):
-        out["monetary_mean"] = np.where(out["n_orders"] > 0, out["monetary_total"] / out["n_orders"], np.nan)
+        out["monetary_mean"] = _per_order(out["monetary_total"], out["n_orders"])
         out["n_return_lines"] = df["n_return_lines"].astype("int32")
         out["return_rate"] = np.where(gross > 0, df["returned"] / gross, np.nan).astype("float32")
         if "discount_value" in df:
@@ -264,13 +279,51 @@ def _finish(df: pd.DataFrame, end: date, basis: str, unit: str, share_cols: list
             out["T"] = (pd.Timestamp(end) + pd.Timedelta(days=1) - first_t) / day / unit_days
             repeat_value = (df["purchase_order_value"] - df["first_order_value"]) / x.where(x > 0)
         else:
-            x = (out["n_purchase_days"] - 1).where(out["n_purchase_days"] > 0)
-            out["t_x"] = (last - first) / day / unit_days
-            out["T"] = (pd.Timestamp(end) - first) / day / unit_days
+            x, out["t_x"], out["T"] = _days_btyd(first, last, out["n_purchase_days"], end, unit_days)
             repeat_value = (df["purchase_day_value"] - df["first_day_value"]) / x.where(x > 0)
         out["x"] = x.astype("float64")
         out["mean_repeat_value"] = repeat_value.astype("float64")
     return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+def _ages(first: pd.Series, last: pd.Series, end: date) -> tuple[pd.Series, pd.Series]:
+    """recency_days and tenure_days (float32) at end."""
+    day = np.timedelta64(1, "D")
+    return ((pd.Timestamp(end) - last) / day).astype("float32"), ((pd.Timestamp(end) - first) / day).astype("float32")
+
+
+def _per_order(total: pd.Series, n_orders: pd.Series) -> np.ndarray:
+    """Net value per purchase order, NaN without one."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_orders > 0, total / n_orders, np.nan)
+
+
+def _days_btyd(first: pd.Series, last: pd.Series, n_days: pd.Series, end: date, unit_days: float
+               ) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """x (NaN without a purchase day), t_x and T of the days basis, in units of `unit_days`."""
+    day = np.timedelta64(1, "D")
+    return ((n_days - 1).where(n_days > 0), (last - first) / day / unit_days,
+            (pd.Timestamp(end) - first) / day / unit_days)
+
+
+def days_basis_features(history: pd.DataFrame, end: str | date, time_unit: str = "W") -> pd.DataFrame:
+    """customer_id, n_purchase_days, recency_days, tenure_days, monetary_mean, x, t_x and T of the days basis at end,
+    from a purchase-history summary (the HISTORY_COLUMNS of a `customer_features` frame of the same end): equal to
+    those columns of `customer_features(..., btyd_basis="days", time_unit=time_unit)`, without reading the lines."""
+    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        raise InputError(f"purchase history: column(s) {missing} missing; re-run the knowledge step.")
+    if time_unit not in TIME_UNIT_DAYS:
+        raise InputError(f"time_unit must be one of {list(TIME_UNIT_DAYS)}, got '{time_unit}'.")
+    end_d = _to_date(end, "as_of")
+    first, last = pd.to_datetime(history["first_purchase"]), pd.to_datetime(history["last_purchase"])
+    n_days = history["n_purchase_days"].astype("int32")
+    out = pd.DataFrame({"customer_id": history["customer_id"], "n_purchase_days": n_days})
+    out["recency_days"], out["tenure_days"] = _ages(first, last, end_d)
+    out["monetary_mean"] = _per_order(history["monetary_total"].astype("float64"), history["n_orders"].astype("int32"))
+    x, out["t_x"], out["T"] = _days_btyd(first, last, n_days, end_d, TIME_UNIT_DAYS[time_unit])
+    out["x"] = x.astype("float64")
+    return out
 
 
 def holdout_purchases(con: duckdb.DuckDBPyConnection | Engine, calibration_end: str | date, as_of: str | date,

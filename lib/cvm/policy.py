@@ -196,6 +196,18 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
                  as_of: str | pd.Timestamp, customer_col: str = "customer_id", date_col: str = "contact_date",
                  last_purchase_col: str = "last_purchase", group_col: str = "group") -> tuple[pd.DataFrame, pd.Series]:
     """Drop candidate contacts the policy forbids; return (allowed candidates, contacts each customer may still get).
+    `apply_policy_rows` without the customer rows."""
+    allowed, cap, _ = apply_policy_rows(candidates, customers, history, policy, as_of, customer_col, date_col,
+                                        last_purchase_col, group_col)
+    return allowed, cap
+
+
+def apply_policy_rows(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.DataFrame,
+                      policy: ContactPolicy, as_of: str | pd.Timestamp, customer_col: str = "customer_id",
+                      date_col: str = "contact_date", last_purchase_col: str = "last_purchase",
+                      group_col: str = "group") -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+    """Drop candidate contacts the policy forbids; return (allowed candidates, contacts each customer may still get,
+    each allowed candidate's row in `customers`: the first where an id repeats, as `key_positions` finds it).
 
     Removed: channels without consent, dates within the quiet days after the last purchase, dates closer than
     `min_days_between` to a past contact, dates whose week already holds `max_per_week` past contacts. The cap per
@@ -209,7 +221,8 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
             raise InputError(f"candidates: column '{col}' is missing; build them with cvm.offers.build_candidates.")
     if customer_col not in customers.columns:
         raise InputError(f"customers: column '{customer_col}' is missing.")
-    cust = first_per_key(customers, customer_col).set_index(customer_col)
+    first = first_per_key(customers, customer_col)
+    cust = first.set_index(customer_col)
     cand_day = _days(candidates[date_col], as_of, "candidates", date_col)
     if (cand_day <= 0).any():
         raise InputError(f"candidates: {int((cand_day <= 0).sum())} rows have {date_col} on or before as_of "
@@ -256,12 +269,15 @@ def apply_policy(candidates: pd.DataFrame, customers: pd.DataFrame, history: pd.
     cap_by_code = np.zeros(len(cust.index), dtype=np.int64)
     cap_by_code[cand_codes] = cap.to_numpy()
     ok &= cap_by_code[code] > 0
-    out = candidates[ok].copy()
+    out = candidates[ok]
     if "campaign_type" in out.columns:
         rank = {t: i for i, t in enumerate(policy.campaign_priority)}
         types, names = pd.factorize(out["campaign_type"])   # code -1 (missing type) takes the last, lowest rank
         out["priority"] = np.array([rank.get(t, len(rank)) for t in names] + [len(rank)], dtype=int)[types]
-    return out.reset_index(drop=True), cap
+    rows = code[ok]   # positions among the first rows of each id; those rows' positions in customers
+    if first is not customers:
+        rows = np.flatnonzero(~customers[customer_col].duplicated().to_numpy())[rows]
+    return out.reset_index(drop=True), cap, rows
 
 
 def constraints_for(policy: ContactPolicy, offers: Sequence[Offer], customer_cap: pd.Series | int) -> Constraints:

@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from cvm.config import read_yaml
 from cvm.contract import CAMPAIGN_TYPES
 from cvm.errors import InputError
+from cvm.keys import per_distinct
 
 Method = Literal["two_model", "x_learner"]
 Calibration = Literal["isotonic", "sigmoid", "none"]
@@ -123,9 +124,11 @@ class _Encoder:
         cols = []
         for col in self.features:
             s = frame[col]
-            if col in self.levels:
-                codes = pd.Categorical(s.astype("string"), categories=list(self.levels[col])).codes
-                cols.append(np.where(codes < 0, np.nan, codes).astype("float64"))
+            if col in self.levels:   # coded once per distinct value (scoring repeats a few offer levels)
+                levels = list(self.levels[col])
+                codes = per_distinct(s, lambda d, levels=levels: pd.Series(
+                    pd.Categorical(d.astype("string"), categories=levels).codes)).to_numpy("float64", na_value=np.nan)
+                cols.append(np.where(codes < 0, np.nan, codes))
             else:
                 values = pd.to_numeric(s.astype("float64") if pd.api.types.is_bool_dtype(s) else s, errors="coerce")
                 bad = values.isna() & s.notna()
