@@ -105,12 +105,8 @@ def _both_once(src: SourceConfig) -> None:
         pd.testing.assert_frame_equal(fetch(con.table("a")), fetch(con.table("b")), check_exact=True)
 
 
-@pytest.mark.parametrize("listed", [1000, 0])
 @pytest.mark.parametrize("seed", range(6))
-def test_transactions_match_the_pandas_path(tmp_path: Path, seed: int, listed: int,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Repeated rows read by listing their positions, or (0 listed) from their row groups or by a positional join."""
-    monkeypatch.setattr(quality_sql, "MAX_LISTED_CANDIDATES", listed)
+def test_transactions_match_the_pandas_path(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     messy = seed % 2 == 1
     path = tmp_path / "tx.parquet"
@@ -122,11 +118,9 @@ def test_transactions_match_the_pandas_path(tmp_path: Path, seed: int, listed: i
                        constants={"store_id": " S1 "} if seed % 2 else {}))
 
 
-@pytest.mark.parametrize("listed", [1000, 0])
 @pytest.mark.parametrize("seed", range(4))
-def test_few_repeated_rows_read_from_their_row_groups(tmp_path: Path, seed: int, listed: int) -> None:
-    """Repeated rows in a few of many row groups: read by listing their positions, or (0 listed) by reading those row
-    groups only."""
+def test_few_repeated_rows_read_from_their_row_groups(tmp_path: Path, seed: int) -> None:
+    """Repeated rows in a few of many row groups: compared after reading those row groups only."""
     rng = np.random.default_rng(seed)
     lines = _transactions(rng, 400, seed % 2 == 1).slice(0, 400)
     at = int(rng.integers(0, 398))
@@ -135,13 +129,12 @@ def test_few_repeated_rows_read_from_their_row_groups(tmp_path: Path, seed: int,
     pq.write_table(lines, path, row_group_size=int(rng.integers(10, 60)))
     reads = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(quality_sql, "MAX_LISTED_CANDIDATES", listed)
         patch.setattr(quality_sql, "_candidate_rows",
                       lambda *a, read=quality_sql._candidate_rows: reads.append(read(*a)) or reads[-1])
         _both(SourceConfig("transactions", path, columns={"customer_id": "Cust", "order_date": "When",
                                                           "order_id": "Invoice", "quantity": "Qty",
                                                           "unit_price": "Price"}))
-    assert (reads and all(r is not None for r in reads)) if listed == 0 else not reads
+    assert reads and all(r is not None for r in reads)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -36,10 +36,6 @@ FLOATS = (pa.float32(), pa.float64())
 #: positional join with the whole file (20M lines in 21 row groups, 10 columns: 0.28 s CPU per row group read, the
 #: join 1.2-2.7 s; validating the 1M-customer file, 3 repeated rows in 3 groups: 12.9 / 12.7 -> 11.6 / 12.0 s CPU)
 MAX_CANDIDATE_SHARE = 0.25
-#: up to this many repeated-hash rows are read by listing their positions (DuckDB then decodes only the pages that
-#: hold them; 4M lines: 2 rows in 1 row group 0.015 s CPU, where reading the row group takes 0.23 s; 1000 rows spread
-#: over all 5 row groups 0.28 s)
-MAX_LISTED_CANDIDATES = 1000
 #: name of the kept-row flag joined by position to the file when the table is written
 KEEP = "cvm_kept_row"
 #: up to this many rejected rows are left out by listing their positions, beyond it by the positional join of KEEP (at
@@ -243,20 +239,13 @@ def validate_parquet(src: SourceConfig, as_of: date) -> Validated | None:
             return None
         labels = list(masks)
         code = "CASE " + " ".join(f"WHEN {m} THEN {i}" for i, m in enumerate(masks.values(), start=1)) + " ELSE 0 END"
+        found = con.sql(f"SELECT r, code FROM (SELECT file_row_number AS r, {code} AS code FROM {base}) "
+                            "WHERE code > 0 ORDER BY r").fetchnumpy()
+        positions, codes = found["r"].astype(np.int64), found["code"].astype(np.int64)
         keys = duplicate_key(table, list(typed))
-        hashed = f", hash({', '.join(typed[k] for k in keys)}) AS h" if keys else ""
-        # one scan gives every row's code and the hash of its key columns, put in file order (a scan with a join, such
-        # as a long IN list, may return rows out of order)
-        found = con.sql(f"SELECT file_row_number AS r, {code} AS code{hashed} FROM {base}").fetchnumpy()
-        every_code = np.zeros(rows_read, dtype=found["code"].dtype)
-        every_code[found["r"]] = found["code"]
-        positions = np.flatnonzero(every_code)
-        codes = every_code[positions].astype(np.int64)
         if keys:
-            hashes = np.empty(rows_read, dtype=found["h"].dtype)
-            hashes[found["r"]] = found["h"]
             labels.append(duplicate_label(table, keys))
-            repeated = np.setdiff1d(_duplicate_rows(con, src, base, typed, keys, hashes), positions)
+            repeated = np.setdiff1d(_duplicate_rows(con, src, base, typed, keys), positions)
             positions = np.concatenate([positions, repeated])
             codes = np.concatenate([codes, np.full(len(repeated), len(labels))])
             order = np.argsort(positions, kind="stable")
@@ -287,25 +276,23 @@ def _timestamp(as_of: date) -> str:
 
 
 def _duplicate_rows(con: duckdb.DuckDBPyConnection, src: SourceConfig, base: str, typed: dict[str, str],
-                    keys: list[str], hashes: np.ndarray) -> np.ndarray:
-    """Positions of rows equal (in the typed key columns) to an earlier row, given each row's `hashes` of them. Only
-    rows whose hash repeats (found by sorting the hashes) are compared; equal rows hash alike (NaN is NULL here, -0.0
-    hashes as 0.0). At 20M lines, hashes sorted in numpy take 3.9 s, where DuckDB's GROUP BY on them takes 5.5 s."""
+                    keys: list[str]) -> np.ndarray:
+    """Positions of rows equal (in the typed key columns) to an earlier row. Rows are hashed, and only rows whose hash
+    repeats (found by sorting the hashes) are compared; equal rows hash alike (NaN is NULL here, -0.0 hashes as 0.0).
+    At 20M lines, hashes sorted in numpy take 3.9 s, where DuckDB's GROUP BY on them takes 5.5 s."""
     key_sql = ", ".join(f"{typed[k]} AS {_quote(k)}" for k in keys)
+    hashes = con.sql(f"SELECT hash({', '.join(typed[k] for k in keys)}) AS h FROM {base}").fetchnumpy()["h"]
     candidates = hash_repeats(hashes)
     if not candidates.any():
         return np.zeros(0, dtype=np.int64)
-    positions = np.flatnonzero(candidates)
-    if len(positions) <= MAX_LISTED_CANDIDATES:
-        rows_sql = f"SELECT file_row_number AS r, {key_sql} FROM {base} " \
-                   f"WHERE file_row_number IN ({', '.join(str(p) for p in positions)})"
-    elif (rows := _candidate_rows(src, positions, key_sql)) is not None:
-        con.register("candidate_rows", rows)
-        rows_sql = f"SELECT file_row_number AS r, {key_sql} FROM candidate_rows"
-    else:
+    rows = _candidate_rows(src, np.flatnonzero(candidates), key_sql)
+    if rows is None:
         con.register("candidate_rows", pa.table({"candidate": candidates}))
         rows_sql = f"SELECT file_row_number AS r, {key_sql} FROM {base} POSITIONAL JOIN candidate_rows " \
                    "WHERE candidate_rows.candidate"
+    else:
+        con.register("candidate_rows", rows)
+        rows_sql = f"SELECT file_row_number AS r, {key_sql} FROM candidate_rows"
     quoted = ", ".join(_quote(k) for k in keys)
     return con.sql(f"""
         SELECT r FROM (SELECT r, row_number() OVER (PARTITION BY {quoted} ORDER BY r) AS n FROM ({rows_sql}))
