@@ -124,18 +124,22 @@ def test_holdout_and_daily_counts(con: duckdb.DuckDBPyConnection) -> None:
     assert d["n_first"].sum() == 4 and d["n_repeat"].sum() == 2  # C3's first purchase is 2023-06-01
 
 
+def _random_lines(seed: int, n: int = 3000) -> pd.DataFrame:
+    """Lines of 300 customers over 400 days: several orders and returns on one day, free lines."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"customer_id": rng.choice([f"K{i}" for i in range(300)], n),
+                         "order_id": rng.integers(0, 900, n).astype(str),
+                         "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n),
+                                                                                  unit="h"),
+                         "amount": np.round(rng.choice([-1.0, 0.0, 1.0, 1.0], n) * rng.integers(0, 50, n), 0)})
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_holdout_matches_the_plain_definition(seed: int) -> None:
     """Fuzzed: the holdout query (days before calibration_end in one group per customer) against the definition in
     pandas: purchase days (net >= 0, a non-return line) after calibration_end, 0 for customers with rows only before
     it, absent for those without rows up to as_of; several orders and returns on one day, free lines."""
-    rng = np.random.default_rng(seed)
-    n = 3000
-    tx = pd.DataFrame({"customer_id": rng.choice([f"K{i}" for i in range(300)], n),
-                       "order_id": rng.integers(0, 900, n).astype(str),
-                       "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n),
-                                                                                unit="h"),
-                       "amount": np.round(rng.choice([-1.0, 0.0, 1.0, 1.0], n) * rng.integers(0, 50, n), 0)})
+    tx = _random_lines(seed)
     con = duckdb.connect()
     con.register("transactions", tx)
     got = holdout_purchases(con, "2024-09-30", "2024-12-31").set_index("customer_id")["holdout_purchases"]
@@ -152,13 +156,7 @@ def test_holdout_matches_the_plain_definition(seed: int) -> None:
 def test_days_basis_features_equal_customer_features(seed: int) -> None:
     """Fuzzed: the days-basis columns rebuilt from an orders-basis frame's purchase-history summary equal those of a
     days-basis `customer_features` (return-only customers, several orders and returns on one day, free lines)."""
-    rng = np.random.default_rng(seed)
-    n = 3000
-    tx = pd.DataFrame({"customer_id": rng.choice([f"K{i}" for i in range(300)], n),
-                       "order_id": rng.integers(0, 900, n).astype(str),
-                       "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n),
-                                                                                unit="h"),
-                       "amount": np.round(rng.choice([-1.0, 0.0, 1.0, 1.0], n) * rng.integers(0, 50, n), 0)})
+    tx = _random_lines(seed)
     con = duckdb.connect()
     con.register("transactions", tx)
     for unit in ("D", "W", "M"):

@@ -46,7 +46,15 @@ steps: [data]
 
 
 def _kernels_alive() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    """This process's kernel children still running (other children, such as a Spark JVM of an earlier test, aside)."""
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(proc.cmdline()):
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def test_run_writes_reports_manifest_and_moves_latest(client: Path) -> None:
