@@ -206,3 +206,29 @@ def test_stacked_distinct_customers_equal_np_unique():
         np.testing.assert_array_equal(distinct, unique)
         np.testing.assert_array_equal(stacked[rows], offset + inverse)
         offset += len(unique)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_control_discounts_equal_the_per_campaign_draws(seed: int) -> None:
+    """Fuzzed: the coded draw against its definition (campaigns in groupby order, each control row given one of its
+    campaign's treated discounts in proportion to the treated rows, one seeded draw per campaign); campaigns without
+    treated rows keep their control rows' discounts, unicode ids sort as pandas sorts them."""
+    rng = np.random.default_rng(seed)
+    n = 4000
+    frame = pd.DataFrame({"campaign_id": pd.Series(rng.choice(["b2", "a1", "Ä3", "z", "ç5", "only_control"], n),
+                                                   dtype="string"),
+                          "discount_pct": rng.choice([0.0, 5.0, 10.0, 20.0], n),
+                          "group": rng.choice(["treatment", "control"], n, p=[0.8, 0.2])})
+    frame.loc[frame["campaign_id"] == "only_control", "group"] = "control"
+    control = (frame["group"] == "control").to_numpy()
+    expected, draws = frame.copy(), np.random.default_rng(seed + 100)
+    for campaign, rows in expected[~control].groupby("campaign_id"):
+        levels = rows["discount_pct"].value_counts(normalize=True).sort_index()
+        idx = np.flatnonzero(control & (expected["campaign_id"] == campaign).to_numpy())
+        expected.iloc[idx, expected.columns.get_loc("discount_pct")] = draws.choice(
+            levels.index.to_numpy(), len(idx), p=levels.to_numpy())
+    got = pz.control_discounts(frame["campaign_id"], frame["discount_pct"].to_numpy(), control,
+                               np.random.default_rng(seed + 100))
+    np.testing.assert_array_equal(got, expected["discount_pct"].to_numpy())
+    assert (got[frame["campaign_id"].eq("only_control").to_numpy()]
+            == frame.loc[frame["campaign_id"] == "only_control", "discount_pct"].to_numpy()).all()
