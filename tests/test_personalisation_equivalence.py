@@ -278,3 +278,24 @@ def test_write_csv_equals_pandas_to_csv_byte_for_byte(tmp_path: Path, seed: int)
     frame.to_csv(tmp_path / "pandas.csv", index=False)
     pz._write_csv(frame, tmp_path / "fast.csv")
     assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_training_history_keeps_each_contact_with_its_own_behaviour():
+    """Hand-made: a contact of a campaign missing from the campaigns table (left out first) and one of a customer
+    without any purchase (left out by behaviour_at); the others keep their own features: A 1 purchase day of 100, C
+    1 of 10."""
+    con = duckdb.connect()
+    con.register("transactions", pd.DataFrame({
+        "customer_id": ["A", "C"], "order_id": ["o1", "o2"],
+        "order_date": pd.to_datetime(["2026-06-01", "2026-06-02"]), "amount": [100.0, 10.0]}))
+    fit = clv.BGNBDFit(r=0.5, alpha=5.0, a=0.8, b=2.5, log_likelihood=0.0, se={}, converged=True, n_customers=2,
+                       iterations=0)
+    history = pd.DataFrame({"customer_id": ["X", "B", "A", "C"], "campaign_id": ["gone", "k1", "k1", "k1"],
+                            "group": ["treatment", "treatment", "treatment", "control"],
+                            "contact_date": pd.to_datetime(["2026-06-10"] * 4), "converted": [1, 0, 1, 0],
+                            "discount_pct": [5.0, 10.0, 10.0, 0.0]})
+    campaigns = pd.DataFrame({"campaign_id": ["k1"], "type": ["retention"], "channel": ["email"]})
+    setup = pz.Setup(AS_OF, pd.DataFrame(), pd.DataFrame(), [], None, history, campaigns, [], fit, 14)
+    out = pz.training_history(setup, con, seed=0)
+    assert out["customer_id"].tolist() == ["A", "C"]
+    assert out["avg_order_value"].tolist() == [100.0, 10.0] and out["purchase_days"].tolist() == [1, 1]

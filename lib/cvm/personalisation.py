@@ -287,7 +287,7 @@ def training_history(setup: Setup, con: duckdb.DuckDBPyConnection, seed: int = 0
     pairs = pd.DataFrame({"customer_id": h["customer_id"], "at": h["contact_date"]})
     at_contact = behaviour_at(con, setup.as_of, pairs, setup.bgnbd, setup.window_days)
     if len(at_contact) < len(h):
-        h = h.iloc[at_contact.index.to_numpy()]
+        h = h.loc[at_contact.index]   # behaviour_at keeps the contacts' index labels
     return pd.concat([h.reset_index(drop=True), at_contact.reset_index(drop=True)], axis=1)
 
 
