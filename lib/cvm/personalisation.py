@@ -668,9 +668,10 @@ def _scores(setup: Setup, est: Estimates, cands: pd.DataFrame, baseline: str,
         pred = est.model.predict(who[in_model].reset_index(drop=True).assign(**offer_cols), None,
                                  "expected_order_value")
         s.loc[in_model, list(cols)] = pred[list(cols)].to_numpy(dtype=float)
+    prior_input = setup.customers[need] if not modelled.all() else None   # the columns copied once, not per variant
     for i in np.flatnonzero(~modelled):
-        part = setup.customers[need].take(ids[i])
-        pred = uplift.segment_priors(part, offers[i], est.priors, setup.segment_col, "expected_order_value")
+        pred = uplift.segment_priors(prior_input.take(ids[i]), offers[i], est.priors, setup.segment_col,
+                                     "expected_order_value")
         s.iloc[starts[i]:starts[i + 1], :len(cols)] = pred[list(cols)].to_numpy(dtype=float)
     s["source"] = pd.Categorical.from_codes((~in_model).astype(np.int8), categories=["model", "prior"])
     if baseline == "purchase_model":
